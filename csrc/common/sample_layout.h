@@ -1,0 +1,77 @@
+// Host-side layout planning shared by the CPU and CUDA kernels of the fused
+// drop-path ops.  Every kernel sees its tensors as one dense memory block
+// viewed as [outer, n, inner]: n samples along sample_dim, inner = the
+// sample dim's stride (elements), outer = numel / (n * inner).  This holds
+// for any dense, non-overlapping layout (contiguous, channels_last, seq-first
+// with sample_dim=1, any permutation): for memory offset i,
+// sample = (i / inner) % n.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace sdkernels {
+
+struct SampleLayout {
+  int64_t numel = 0;  // elements in the tensor
+  int64_t n = 1;      // samples (size of sample_dim)
+  int64_t inner = 1;  // contiguous elements per (outer, sample) row
+};
+
+inline int64_t wrap_sample_dim(int64_t sample_dim, int64_t ndim) {
+  TORCH_CHECK_INDEX(ndim >= 1, "sdkernels: a 0-dim tensor has no sample dim");
+  TORCH_CHECK_INDEX(sample_dim >= -ndim && sample_dim < ndim,
+                    "sdkernels: sample_dim ", sample_dim,
+                    " is out of range for a tensor of ", ndim, " dims");
+  return sample_dim < 0 ? sample_dim + ndim : sample_dim;
+}
+
+// `t` must be non-overlapping and dense (as empty_like gives for a dense input).
+inline SampleLayout plan_layout(const at::Tensor& t, int64_t dim) {
+  SampleLayout L;
+  L.numel = t.numel();
+  L.n = t.size(dim);
+  if (L.numel == 0) return L;
+  if (L.n == 1) {
+    L.inner = L.numel;
+  } else {
+    L.inner = t.stride(dim);
+  }
+  TORCH_INTERNAL_ASSERT(L.inner >= 1 && L.numel % (L.n * L.inner) == 0,
+                        "sdkernels: bad layout plan");
+  return L;
+}
+
+// `src` laid out with exactly `like`'s strides: itself when it already is,
+// else a copy (the slow path for inputs whose layout differs from the output).
+inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
+  if (src.strides() == like.strides() && src.storage_offset() >= 0 &&
+      src.is_non_overlapping_and_dense()) {
+    return src;
+  }
+  at::Tensor dst = at::empty_strided(like.sizes(), like.strides(), src.options());
+  dst.copy_(src);
+  return dst;
+}
+
+// Checks shared by every backend's entry point.  Error types follow PyTorch:
+// ValueError for values, TypeError for dtypes, IndexError for dims.
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "sdkernels: ", name,
+                   " must be a floating-point tensor, got ", t.scalar_type());
+}
+
+inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
+                                const at::Device& device) {
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble,
+                   "sdkernels: scale must be float32 or float64, got ",
+                   scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == n || scale.numel() == 1),
+                    "sdkernels: scale must hold one value per sample (", n,
+                    ") or a single value, got shape ", scale.sizes());
+  TORCH_CHECK_VALUE(scale.device() == device, "sdkernels: scale is on ",
+                    scale.device(), " but the input is on ", device);
+  return scale.contiguous();
+}
+
+}  // namespace sdkernels

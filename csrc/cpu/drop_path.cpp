@@ -1,0 +1,256 @@
+// CPU kernels of the fused drop-path ops (schemas in csrc/ops.cpp).
+//
+// One pass over memory, split across threads by at::parallel_for in chunks of
+// at::internal::GRAIN_SIZE elements, so small tensors stay on one thread (no
+// wake-up cost) and large ones use every core.  Each chunk walks the
+// [outer, n, inner] rows it covers; a dropped row copies the residual (or
+// writes zeros) without touching the branch.  Reduced-precision inputs are
+// converted to fp32 in small cache-resident blocks; the math is fp32 (fp64
+// when any tensor is fp64) and the result is rounded once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Optional.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common/sample_layout.h"
+
+namespace sdkernels {
+namespace {
+
+// Result dtype of two floating types, as torch.promote_types gives it.
+template <typename A, typename B>
+struct promote {
+  using type = std::conditional_t<
+      std::is_same_v<A, B>, A,
+      std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double,
+                         float>>;  // fp32 with anything narrower, and fp16 + bf16 -> fp32
+};
+
+template <typename... Ts>
+struct acc_of {
+  using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
+};
+
+constexpr int64_t kBlock = 1024;  // elements converted per step (8 KB of fp64)
+
+// dst[0:c] = src[0:c] converted to acc_t; returns a pointer to acc_t values
+// (src itself when no conversion is needed).
+template <typename T, typename acc_t>
+inline const acc_t* as_acc(const T* src, acc_t* buf, int64_t c) {
+  if constexpr (std::is_same_v<T, acc_t>) {
+    return src;
+  } else {
+    at::vec::convert(src, buf, c);
+    return buf;
+  }
+}
+
+template <typename O, typename acc_t>
+inline void store_from_acc(const acc_t* src, O* dst, int64_t c) {
+  if constexpr (!std::is_same_v<O, acc_t>) {
+    at::vec::convert(src, dst, c);
+  }
+}
+
+// dst = src converted (R -> O is a widening or identity conversion here).
+template <typename R, typename O, typename acc_t>
+inline void copy_convert(const R* src, O* dst, int64_t len) {
+  if constexpr (std::is_same_v<R, O>) {
+    std::memcpy(dst, src, sizeof(O) * len);
+  } else {
+    acc_t buf[kBlock];
+    for (int64_t j = 0; j < len; j += kBlock) {
+      const int64_t c = std::min(kBlock, len - j);
+      const acc_t* a = as_acc<R, acc_t>(src + j, buf, c);
+      at::vec::convert(a, dst + j, c);
+    }
+  }
+}
+
+// out[0:len] = r + b * m, math in acc_t.
+template <typename R, typename B, typename O, typename acc_t>
+inline void fused_row(const R* r, const B* b, O* o, int64_t len, acc_t m) {
+  using V = at::vec::Vectorized<acc_t>;
+  acc_t rbuf[kBlock], bbuf[kBlock], obuf[kBlock];
+  const V mv(m);
+  for (int64_t j = 0; j < len; j += kBlock) {
+    const int64_t c = std::min(kBlock, len - j);
+    const acc_t* ra = as_acc<R, acc_t>(r + j, rbuf, c);
+    const acc_t* ba = as_acc<B, acc_t>(b + j, bbuf, c);
+    acc_t* oa;
+    if constexpr (std::is_same_v<O, acc_t>) {
+      oa = o + j;
+    } else {
+      oa = obuf;
+    }
+    int64_t k = 0;
+    for (; k + V::size() <= c; k += V::size()) {
+      (V::loadu(ra + k) + V::loadu(ba + k) * mv).store(oa + k);
+    }
+    for (; k < c; ++k) oa[k] = ra[k] + ba[k] * m;
+    store_from_acc(oa, o + j, c);
+  }
+}
+
+// out[0:len] = x * m, math in acc_t.
+template <typename X, typename O, typename acc_t>
+inline void scale_row(const X* x, O* o, int64_t len, acc_t m) {
+  using V = at::vec::Vectorized<acc_t>;
+  acc_t xbuf[kBlock], obuf[kBlock];
+  const V mv(m);
+  for (int64_t j = 0; j < len; j += kBlock) {
+    const int64_t c = std::min(kBlock, len - j);
+    const acc_t* xa = as_acc<X, acc_t>(x + j, xbuf, c);
+    acc_t* oa;
+    if constexpr (std::is_same_v<O, acc_t>) {
+      oa = o + j;
+    } else {
+      oa = obuf;
+    }
+    int64_t k = 0;
+    for (; k + V::size() <= c; k += V::size()) {
+      (V::loadu(xa + k) * mv).store(oa + k);
+    }
+    for (; k < c; ++k) oa[k] = xa[k] * m;
+    store_from_acc(oa, o + j, c);
+  }
+}
+
+// Per-sample multipliers m[s] = scale[s] * alpha in acc_t, and kept flags.
+template <typename acc_t>
+void multipliers(const at::Tensor& scale, double alpha, std::vector<acc_t>& m,
+                 std::vector<char>& kept) {
+  const int64_t ns = scale.numel();
+  m.resize(ns);
+  kept.resize(ns);
+  AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "sdkernels_scale", [&] {
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    for (int64_t s = 0; s < ns; ++s) {
+      kept[s] = sp[s] != scalar_t(0);
+      m[s] = static_cast<acc_t>(sp[s]) * static_cast<acc_t>(alpha);
+    }
+  });
+}
+
+// Calls f(begin, end, s) for each maximal run [begin, end) of one sample's
+// row inside the element range [lo, hi).
+template <typename F>
+inline void for_each_row_segment(const SampleLayout& L, int64_t lo, int64_t hi, bool one_scale,
+                                 const F& f) {
+  int64_t i = lo;
+  while (i < hi) {
+    const int64_t row = i / L.inner;
+    const int64_t s = one_scale ? 0 : row % L.n;
+    const int64_t row_end = std::min((row + 1) * L.inner, hi);
+    f(i, row_end, s);
+    i = row_end;
+  }
+}
+
+template <typename R, typename B>
+void residual_add_typed(const at::Tensor& r, const at::Tensor& b, at::Tensor& out,
+                        const at::Tensor& scale, double alpha, const SampleLayout& L) {
+  using O = typename promote<R, B>::type;
+  using acc_t = typename acc_of<R, B, O>::type;
+  std::vector<acc_t> m;
+  std::vector<char> kept;
+  multipliers<acc_t>(scale, alpha, m, kept);
+  const bool one = scale.numel() == 1;
+  const R* rp = r.const_data_ptr<R>();
+  const B* bp = b.const_data_ptr<B>();
+  O* op = out.mutable_data_ptr<O>();
+  at::parallel_for(0, L.numel, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
+    for_each_row_segment(L, lo, hi, one, [&](int64_t i, int64_t e, int64_t s) {
+      if (kept[s]) {
+        fused_row<R, B, O, acc_t>(rp + i, bp + i, op + i, e - i, m[s]);
+      } else {
+        copy_convert<R, O, acc_t>(rp + i, op + i, e - i);
+      }
+    });
+  });
+}
+
+template <typename X, typename O>
+void sample_scale_typed(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
+                        double alpha, const SampleLayout& L) {
+  using acc_t = typename acc_of<X, O>::type;
+  std::vector<acc_t> m;
+  std::vector<char> kept;
+  multipliers<acc_t>(scale, alpha, m, kept);
+  const bool one = scale.numel() == 1;
+  const X* xp = x.const_data_ptr<X>();
+  O* op = out.mutable_data_ptr<O>();
+  at::parallel_for(0, L.numel, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
+    for_each_row_segment(L, lo, hi, one, [&](int64_t i, int64_t e, int64_t s) {
+      if (kept[s]) {
+        scale_row<X, O, acc_t>(xp + i, op + i, e - i, m[s]);
+      } else {
+        std::memset(static_cast<void*>(op + i), 0, sizeof(O) * (e - i));
+      }
+    });
+  });
+}
+
+#define SDK_DISPATCH_FLOAT(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+at::Tensor scaled_residual_add_cpu(const at::Tensor& residual, const at::Tensor& branch,
+                                   const at::Tensor& scale, int64_t sample_dim, double alpha) {
+  check_float(residual, "residual");
+  check_float(branch, "branch");
+  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
+                    "sdkernels: residual and branch must have the same shape, got ",
+                    residual.sizes(), " and ", branch.sizes());
+  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
+                    residual.device(), " but branch is on ", branch.device());
+  const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
+  const at::Tensor sc = checked_scale(scale, residual.size(dim), residual.device());
+  const auto out_dtype = at::promote_types(residual.scalar_type(), branch.scalar_type());
+  at::Tensor out = at::empty_like(residual, residual.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  const at::Tensor r = match_strides(residual, out);
+  const at::Tensor b = match_strides(branch, out);
+  const SampleLayout L = plan_layout(out, dim);
+  SDK_DISPATCH_FLOAT(r.scalar_type(), "scaled_residual_add_cpu", [&] {
+    using R = scalar_t;
+    SDK_DISPATCH_FLOAT(b.scalar_type(), "scaled_residual_add_cpu", [&] {
+      residual_add_typed<R, scalar_t>(r, b, out, sc, alpha, L);
+    });
+  });
+  return out;
+}
+
+at::Tensor sample_scale_cpu(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
+                            double alpha, std::optional<at::ScalarType> dtype) {
+  check_float(x, "x");
+  const auto out_dtype = dtype.has_value() ? *dtype : x.scalar_type();
+  TORCH_CHECK_TYPE(at::isFloatingType(out_dtype),
+                   "sdkernels: dtype must be a floating-point type, got ", out_dtype);
+  const int64_t dim = wrap_sample_dim(sample_dim, x.dim());
+  const at::Tensor sc = checked_scale(scale, x.size(dim), x.device());
+  at::Tensor out = at::empty_like(x, x.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  const at::Tensor xs = match_strides(x, out);
+  const SampleLayout L = plan_layout(out, dim);
+  SDK_DISPATCH_FLOAT(xs.scalar_type(), "sample_scale_cpu", [&] {
+    using X = scalar_t;
+    SDK_DISPATCH_FLOAT(out_dtype, "sample_scale_cpu", [&] {
+      sample_scale_typed<X, scalar_t>(xs, out, sc, alpha, L);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sdkernels, CPU, m) {
+  m.impl("scaled_residual_add", &scaled_residual_add_cpu);
+  m.impl("sample_scale", &sample_scale_cpu);
+}
+
+}  // namespace sdkernels

@@ -1,0 +1,144 @@
+// Test-only ops that run the CUDA kernels' index math (csrc/common/
+// drop_path_index.h) on the host, so CPU-only CI catches indexing bugs of the
+// CUDA backend (tests/test_index_math.py).  Schemas: the "test hooks" section
+// of csrc/ops.cpp.  They take no tensors, so they are registered as
+// CompositeExplicitAutograd kernels (reached whatever the dispatch key set).
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/drop_path_index.h"
+
+namespace sdkernels {
+namespace {
+
+namespace ix = ::sdkernels::index;
+
+void check_layout_args(int64_t numel, int64_t inner, int64_t n) {
+  TORCH_CHECK_VALUE(numel >= 0, "numel must be >= 0, got ", numel);
+  TORCH_CHECK_VALUE(inner >= 1, "inner must be >= 1, got ", inner);
+  TORCH_CHECK_VALUE(n >= 1, "n must be >= 1, got ", n);
+}
+
+// sample_of for each offset.
+std::vector<int64_t> index_sample_of(at::IntArrayRef offsets, int64_t inner, int64_t n) {
+  check_layout_args(0, inner, n);
+  std::vector<int64_t> out;
+  out.reserve(offsets.size());
+  for (int64_t o : offsets) {
+    TORCH_CHECK_VALUE(o >= 0, "offsets must be >= 0, got ", o);
+    out.push_back(ix::sample_of(o, inner, n));
+  }
+  return out;
+}
+
+// vec_width of the narrowest of the element sizes.
+int64_t index_vec_width(at::IntArrayRef elem_sizes) {
+  TORCH_CHECK_VALUE(!elem_sizes.empty(), "elem_sizes must not be empty");
+  int64_t m = elem_sizes[0];
+  for (int64_t s : elem_sizes) m = s < m ? s : m;
+  return ix::vec_width(m);
+}
+
+// Whether every address is 16-byte aligned.
+bool index_aligned(at::IntArrayRef addresses) {
+  bool ok = true;
+  for (int64_t a : addresses) ok = ok && ix::is_vector_aligned(static_cast<uint64_t>(a));
+  return ok;
+}
+
+// [vectorized, row_aligned, vec, nvec, tail_start]
+std::vector<int64_t> index_vec_plan(int64_t numel, int64_t inner, int64_t n, int64_t vec,
+                                    bool aligned) {
+  check_layout_args(numel, inner, n);
+  TORCH_CHECK_VALUE(vec >= 1, "vec must be >= 1, got ", vec);
+  const ix::VecPlan p = ix::plan_vectors(numel, inner, n, vec, aligned);
+  return {p.vectorized, p.row_aligned, p.vec, p.nvec, p.tail_start};
+}
+
+// grid_blocks(work_items(plan), nthreads, max_blocks) for a plan.
+int64_t index_grid_blocks(int64_t numel, int64_t inner, int64_t n, int64_t vec, bool aligned,
+                          int64_t nthreads, int64_t max_blocks) {
+  check_layout_args(numel, inner, n);
+  TORCH_CHECK_VALUE(nthreads >= 1 && max_blocks >= 1, "nthreads and max_blocks must be >= 1");
+  const ix::VecPlan p = ix::plan_vectors(numel, inner, n, vec, aligned);
+  return ix::grid_blocks(ix::work_items(p), nthreads, max_blocks);
+}
+
+// A cursor started at `start` and advanced `count - 1` times by `step`
+// (step 1 uses cursor_next): int64 tensor [count, 2] of (rem, s).
+at::Tensor index_cursor_walk(int64_t start, int64_t step, int64_t count, int64_t inner,
+                             int64_t n) {
+  check_layout_args(0, inner, n);
+  TORCH_CHECK_VALUE(start >= 0 && step >= 1 && count >= 0 && count <= (int64_t{1} << 24),
+                    "bad start/step/count");
+  at::Tensor out = at::empty({count, 2}, at::kLong);
+  int64_t* o = out.data_ptr<int64_t>();
+  ix::RowCursor c = ix::cursor_at(start, inner, n);
+  const ix::CursorStep st = ix::make_step(step, inner, n);
+  for (int64_t k = 0; k < count; ++k) {
+    o[2 * k] = c.rem;
+    o[2 * k + 1] = c.s;
+    if (step == 1) {
+      ix::cursor_next(c, inner, n);
+    } else {
+      ix::cursor_advance(c, st, inner, n);
+    }
+  }
+  return out;
+}
+
+// Runs the kernel's grid-stride loop (visit_thread) for the global threads
+// [tid_begin, tid_end) of a grid of nblocks x nthreads (tid_end < 0: all)
+// and returns what they touched, in visiting order:
+//   [vector start offsets, their samples, element offsets, their samples].
+std::vector<at::Tensor> index_emulate(int64_t numel, int64_t inner, int64_t n, int64_t vec,
+                                      bool aligned, int64_t nblocks, int64_t nthreads,
+                                      int64_t tid_begin, int64_t tid_end) {
+  check_layout_args(numel, inner, n);
+  TORCH_CHECK_VALUE(vec >= 1, "vec must be >= 1, got ", vec);
+  TORCH_CHECK_VALUE(nblocks >= 1 && nthreads >= 1, "nblocks and nthreads must be >= 1");
+  const int64_t total = nblocks * nthreads;
+  if (tid_end < 0 || tid_end > total) tid_end = total;
+  TORCH_CHECK_VALUE(tid_begin >= 0 && tid_begin <= tid_end, "bad thread range");
+  const ix::VecPlan p = ix::plan_vectors(numel, inner, n, vec, aligned);
+  const ix::GridPlan g = ix::plan_grid(p, nblocks, nthreads);
+  // Bound the work: this is for tests, not a copy of a large tensor.
+  const int64_t per_thread = ix::ceil_div(ix::work_items(p), total) + p.vec;
+  TORCH_CHECK_VALUE((tid_end - tid_begin) * per_thread <= (int64_t{1} << 26),
+                    "emulation too large: ", tid_end - tid_begin, " threads x ", per_thread,
+                    " items");
+  std::vector<int64_t> vo, vs, eo, es;
+  for (int64_t t = tid_begin; t < tid_end; ++t) {
+    ix::visit_thread(
+        g, t / nthreads, t % nthreads,
+        [&](int64_t off, int64_t s) {
+          vo.push_back(off);
+          vs.push_back(s);
+        },
+        [&](int64_t off, int64_t s) {
+          eo.push_back(off);
+          es.push_back(s);
+        });
+  }
+  auto to_tensor = [](const std::vector<int64_t>& v) {
+    return at::tensor(at::ArrayRef<int64_t>(v), at::kLong);
+  };
+  return {to_tensor(vo), to_tensor(vs), to_tensor(eo), to_tensor(es)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sdkernels, CompositeExplicitAutograd, m) {
+  m.impl("_index_sample_of", &index_sample_of);
+  m.impl("_index_vec_width", &index_vec_width);
+  m.impl("_index_aligned", &index_aligned);
+  m.impl("_index_vec_plan", &index_vec_plan);
+  m.impl("_index_grid_blocks", &index_grid_blocks);
+  m.impl("_index_cursor_walk", &index_cursor_walk);
+  m.impl("_index_emulate", &index_emulate);
+}
+
+}  // namespace sdkernels

@@ -1,0 +1,56 @@
+// Every sdkernels schema, defined once.  Backends register implementations
+// in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); fake (meta) kernels and
+// autograd are registered from Python in sdkernels/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import sdkernels._C` loads this library, which runs the registrations below.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "sdkernels compiled kernels", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(sdkernels, m) {
+  // ---- core fused drop path (issue: fused drop-path + residual add) -------
+  // out = residual + branch * (scale[s] * alpha) for samples with scale[s] != 0,
+  // out = residual (branch not read) for samples with scale[s] == 0.
+  // s indexes sample_dim; scale has one value per sample (or one for all),
+  // fp32 or fp64.  Output dtype: promote_types(residual, branch); output
+  // strides: empty_like(residual).
+  m.def(
+      "scaled_residual_add(Tensor residual, Tensor branch, Tensor scale, "
+      "int sample_dim, float alpha=1.0) -> Tensor");
+  // out = x * (scale[s] * alpha) for kept samples, zeros (x not read) for
+  // dropped ones; dtype defaults to x's.  drop_path's forward and the
+  // branch gradient of both ops.
+  m.def(
+      "sample_scale(Tensor x, Tensor scale, int sample_dim, float alpha=1.0, "
+      "ScalarType? dtype=None) -> Tensor");
+
+  // ---- skip path (issue: skip the branch's compute for dropped samples) ---
+  // out = residual, then out.select(sample_dim, index[j]) += src.select(sample_dim, j) * alpha.
+  // index holds unique int64 sample indices; src has index.numel() samples.
+  m.def(
+      "scaled_index_add(Tensor residual, Tensor src, Tensor index, "
+      "int sample_dim, float alpha) -> Tensor");
+  // out.select(sample_dim, j) = grad.select(sample_dim, index[j]) * alpha,
+  // in dtype (default grad's).  Backward of scaled_index_add w.r.t. src.
+  m.def(
+      "index_scale(Tensor grad, Tensor index, int sample_dim, float alpha, "
+      "ScalarType? dtype=None) -> Tensor");
+
+  // ---- test hooks: host-run copies of the CUDA kernels' index math --------
+  // (defined by csrc/cpu/index_math_hooks.cpp; see tests/test_index_math.py)
+  m.def("_index_sample_of(int[] offsets, int inner, int n) -> int[]");
+  m.def("_index_vec_width(int[] elem_sizes) -> int");
+  m.def("_index_aligned(int[] addresses) -> bool");
+  m.def("_index_vec_plan(int numel, int inner, int n, int vec, bool aligned) -> int[]");
+  m.def(
+      "_index_grid_blocks(int numel, int inner, int n, int vec, bool aligned, "
+      "int nthreads, int max_blocks) -> int");
+  m.def("_index_cursor_walk(int start, int step, int count, int inner, int n) -> Tensor");
+  m.def(
+      "_index_emulate(int numel, int inner, int n, int vec, bool aligned, int nblocks, "
+      "int nthreads, int tid_begin=0, int tid_end=-1) -> Tensor[]");
+}

@@ -1,0 +1,10 @@
+"""sdkernels: fused stochastic depth (DropPath) kernels for PyTorch.
+
+``drop_path_add(residual, branch, p)`` computes ``residual + drop_path(branch)``
+in one pass over memory, forward and backward, on CPU (C++), CUDA and Triton.
+"""
+from . import nn, reference  # noqa: F401
+from .functional import available_backends, drop_path, drop_path_add, drop_path_rates
+
+__version__ = "0.1.0"
+__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "nn", "reference"]

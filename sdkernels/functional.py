@@ -1,0 +1,213 @@
+"""Argument checks, random draws and backend choice for the public functions."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, Optional, Tuple
+
+import torch
+
+from . import ops, reference
+from ._ext import has_kernel
+
+__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend"]
+
+MODES = ("row", "batch")
+BACKEND_NAMES = ("auto", "reference", "cpu", "cuda", "triton")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the two fused ops.
+
+    ``residual_add(residual, branch, scale, sample_dim, alpha)`` and
+    ``sample_scale(x, scale, sample_dim, alpha, dtype)`` follow the op schemas;
+    ``devices`` are the tensor device types it accepts (None: any).
+    """
+
+    name: str
+    residual_add: Callable
+    sample_scale: Callable
+    devices: Optional[FrozenSet[str]]
+    available: bool
+
+
+_BACKENDS: Dict[str, Backend] = {}
+
+
+def register_backend(name: str, residual_add: Callable, sample_scale: Callable, devices, available: bool) -> None:
+    """Add (or replace) a backend; used by the compiled and Triton backends."""
+    if name not in BACKEND_NAMES or name == "auto":
+        raise ValueError(f"unknown backend name {name!r}")
+    _BACKENDS[name] = Backend(name, residual_add, sample_scale, None if devices is None else frozenset(devices), bool(available))
+
+
+register_backend("reference", reference.scaled_residual_add, reference.sample_scale, None, True)
+_HAS_CPU = has_kernel("scaled_residual_add", "CPU") and has_kernel("sample_scale", "CPU")
+_HAS_CUDA = has_kernel("scaled_residual_add", "CUDA") and has_kernel("sample_scale", "CUDA") and torch.cuda.is_available()
+if _HAS_CPU:
+    register_backend("cpu", ops.scaled_residual_add, ops.sample_scale, {"cpu"}, True)
+if _HAS_CUDA:
+    register_backend("cuda", ops.scaled_residual_add, ops.sample_scale, {"cuda"}, True)
+
+
+def available_backends() -> Tuple[str, ...]:
+    """Names of the backends usable in this process, e.g. ``("reference", "cpu")``."""
+    return tuple(n for n in BACKEND_NAMES if n in _BACKENDS and _BACKENDS[n].available)
+
+
+def _auto_backend(device_type: str) -> Backend:
+    # The compiled kernel for the tensor's device, else the reference.
+    if device_type == "cpu" and "cpu" in _BACKENDS:
+        return _BACKENDS["cpu"]
+    if device_type == "cuda":
+        for name in ("cuda", "triton"):
+            be = _BACKENDS.get(name)
+            if be is not None and be.available:
+                return be
+    return _BACKENDS["reference"]
+
+
+def _pick_backend(backend: str, device: torch.device) -> Backend:
+    if backend == "auto":
+        return _auto_backend(device.type)
+    be = _BACKENDS.get(backend)
+    if be is None or not be.available:
+        raise ValueError(
+            f"backend {backend!r} is not available here; available backends: {available_backends()}"
+        )
+    if be.devices is not None and device.type not in be.devices:
+        raise ValueError(f"backend {backend!r} runs on {sorted(be.devices)} tensors, got a tensor on {device}")
+    return be
+
+
+def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, generator) -> int:
+    """Validate everything but the tensor pairing; returns sample_dim wrapped to [0, ndim)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"p must be a float, got {type(p).__name__}")
+    if math.isnan(p) or p < 0.0 or p > 1.0:
+        raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if not (x.is_floating_point()):
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (the sample dim), got a 0-dim tensor")
+    if isinstance(sample_dim, bool) or not isinstance(sample_dim, int):
+        raise TypeError(f"sample_dim must be an int, got {type(sample_dim).__name__}")
+    nd = x.dim()
+    if not -nd <= sample_dim < nd:
+        raise IndexError(f"sample_dim {sample_dim} is out of range for a tensor with {nd} dims")
+    return sample_dim % nd
+
+
+def _draw(x: torch.Tensor, dim: int, p: float, mode: str, generator) -> torch.Tensor:
+    n = x.shape[dim] if mode == "row" else 1
+    return torch.empty(n, dtype=torch.float32, device=x.device).bernoulli_(1.0 - p, generator=generator)
+
+
+def drop_path_add(
+    residual: torch.Tensor,
+    branch: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused stochastic depth and residual add: ``residual + drop_path(branch)`` in one pass.
+
+    For each sample ``s`` along ``sample_dim`` (kept with probability ``1 - p``)::
+
+        out[s] = residual[s] + branch[s] / (1 - p)   kept    (no division without scale_by_keep)
+        out[s] = residual[s]                         dropped (branch[s] is never read)
+
+    Args:
+        residual: the residual stream, any shape with ``ndim >= 1``.
+        branch: the branch output, residual's shape and device.  Its dtype may
+            differ (autocast: fp32 residual, bf16 branch); the output dtype is
+            ``torch.promote_types(residual.dtype, branch.dtype)`` and the math is fp32.
+        p: drop probability in [0, 1].  ``p == 1`` returns ``residual`` values
+            (still connected to ``branch``, whose gradient is zeros).
+        training: when False (or ``p == 0``) returns ``residual + branch`` and
+            consumes no random numbers.
+        mode: "row" draws one keep decision per sample, "batch" one for all.
+        scale_by_keep: divide kept samples by ``1 - p`` (timm's default).
+        sample_dim: the dim that indexes samples (e.g. 1 for seq-first ``[S, B, H]``).
+        generator: optional ``torch.Generator`` for the draw.  The draw is
+            ``torch.empty(n, dtype=torch.float32, device=...).bernoulli_(1 - p, generator=generator)``,
+            the stream timm's ``drop_path`` consumes for fp16/bf16/fp32 inputs.  Under
+            ``torch.compile`` a generator cannot be traced: dynamo breaks the graph there
+            (an error with ``fullgraph=True``); pass ``None`` and seed torch instead.
+        backend: "auto" (the compiled kernel for the tensor's device, else the
+            reference), "reference", "cpu", "cuda" or "triton".
+
+    The backward saves only the per-sample scale: ``grad_residual`` is
+    ``grad_out`` itself and ``grad_branch`` is ``grad_out / (1 - p)`` on kept
+    samples, zeros on dropped ones.
+    """
+    dim = _check_common(residual, "residual", p, mode, sample_dim, backend, generator)
+    if not isinstance(branch, torch.Tensor):
+        raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
+    if not branch.is_floating_point():
+        raise TypeError(f"branch must be a floating-point tensor, got {branch.dtype}")
+    if residual.shape != branch.shape:
+        raise ValueError(f"residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}")
+    if residual.device != branch.device:
+        raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
+    be = _pick_backend(backend, residual.device)
+    if not training or p == 0.0:
+        return residual + branch
+    keep = _draw(residual, dim, p, mode, generator)
+    return be.residual_add(residual, branch, keep, dim, reference.keep_scale(p, scale_by_keep))
+
+
+def drop_path(
+    x: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Stochastic depth without the residual add (timm's ``drop_path``), one fused pass.
+
+    Returns ``x / (1 - p)`` for kept samples and zeros for dropped ones (their
+    values are never read).  With ``training=False`` or ``p == 0`` returns
+    ``x`` itself.  Arguments as in :func:`drop_path_add`.
+    """
+    dim = _check_common(x, "x", p, mode, sample_dim, backend, generator)
+    be = _pick_backend(backend, x.device)
+    if not training or p == 0.0:
+        return x
+    keep = _draw(x, dim, p, mode, generator)
+    return be.sample_scale(x, keep, dim, reference.keep_scale(p, scale_by_keep), None)
+
+
+def drop_path_rates(rate: float, depth: int):
+    """Per-block drop rates rising linearly from 0 to ``rate`` over ``depth`` blocks.
+
+    The schedule of the stochastic depth paper (Huang et al., 2016) and timm:
+    ``[rate * i / (depth - 1) for i in range(depth)]`` (``[0.0]`` for depth 1).
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"rate must be a float, got {type(rate).__name__}")
+    if math.isnan(rate) or rate < 0.0 or rate > 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise TypeError(f"depth must be an int, got {type(depth).__name__}")
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    return reference.drop_path_rates(float(rate), depth)

@@ -1,0 +1,169 @@
+"""Pure-PyTorch reference: the executable specification of sdkernels.
+
+Every test and benchmark compares against these functions; nothing else in
+the project re-types them.  They favour clarity over speed.
+
+The operation (``s`` indexes ``sample_dim``)::
+
+    out[s] = residual[s] + branch[s] * (scale[s] * alpha)   if scale[s] != 0
+    out[s] = residual[s]                                    if scale[s] == 0
+
+A dropped sample's branch is never read, so NaN or Inf there does not reach
+the output.  The math is fp32 (fp64 when any tensor is fp64) and the result is
+rounded once to ``torch.promote_types(residual.dtype, branch.dtype)``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+__all__ = [
+    "acc_dtype",
+    "draw_keep",
+    "keep_scale",
+    "scaled_residual_add",
+    "sample_scale",
+    "drop_path_add",
+    "drop_path",
+    "timm_drop_path",
+    "torchvision_stochastic_depth",
+    "drop_path_rates",
+]
+
+
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The math dtype: float64 if any dtype is float64, else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def draw_keep(n: int, p: float, mode: str, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw the keep mask: fp32 zeros and ones, ``n`` values for mode "row", one for "batch".
+
+    The draw is ``torch.empty(k, dtype=torch.float32, device=device).bernoulli_(1 - p, generator=generator)``,
+    the same stream timm's ``drop_path`` consumes, so one seed keeps the same samples.
+    """
+    k = n if mode == "row" else 1
+    return torch.empty(k, dtype=torch.float32, device=device).bernoulli_(1.0 - p, generator=generator)
+
+
+def keep_scale(p: float, scale_by_keep: bool) -> float:
+    """The multiplier of kept samples: 1/(1-p) with scale_by_keep (1 when p == 1: nothing is kept)."""
+    keep = 1.0 - p
+    return 1.0 / keep if (scale_by_keep and keep > 0.0) else 1.0
+
+
+def _per_sample(scale: torch.Tensor, x: torch.Tensor, sample_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """scale broadcast along x's sample dim: shape [1, .., n, .., 1]."""
+    shape = [1] * x.dim()
+    shape[sample_dim] = x.shape[sample_dim]
+    return scale.to(dtype).reshape(-1).expand(x.shape[sample_dim]).reshape(shape)
+
+
+def scaled_residual_add(
+    residual: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor, sample_dim: int, alpha: float = 1.0
+) -> torch.Tensor:
+    """Spec of ``torch.ops.sdkernels.scaled_residual_add``."""
+    out_dtype = torch.promote_types(residual.dtype, branch.dtype)
+    acc = acc_dtype(residual.dtype, branch.dtype)
+    sample_dim = sample_dim % residual.dim()
+    s = _per_sample(scale, residual, sample_dim, scale.dtype)
+    m = s.to(acc) * torch.tensor(alpha, dtype=acc)
+    kept = s != 0
+    r = residual.to(acc)
+    b = torch.where(kept, branch.to(acc), torch.zeros((), dtype=acc, device=branch.device))
+    out = torch.where(kept, r + b * m, r)
+    return out.to(out_dtype)
+
+
+def sample_scale(
+    x: torch.Tensor, scale: torch.Tensor, sample_dim: int, alpha: float = 1.0, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """Spec of ``torch.ops.sdkernels.sample_scale``: x * scale[s] * alpha, exact zeros for dropped samples."""
+    out_dtype = x.dtype if dtype is None else dtype
+    acc = acc_dtype(x.dtype, out_dtype)
+    sample_dim = sample_dim % x.dim()
+    s = _per_sample(scale, x, sample_dim, scale.dtype)
+    m = s.to(acc) * torch.tensor(alpha, dtype=acc)
+    kept = s != 0
+    out = torch.where(kept, x.to(acc) * m, torch.zeros((), dtype=acc, device=x.device))
+    return out.to(out_dtype)
+
+
+def drop_path_add(
+    residual: torch.Tensor,
+    branch: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Reference of :func:`sdkernels.drop_path_add` (draws, then :func:`scaled_residual_add`)."""
+    if not training or p == 0.0:
+        return residual + branch
+    dim = sample_dim % residual.dim()
+    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator)
+    return scaled_residual_add(residual, branch, keep, dim, keep_scale(p, scale_by_keep))
+
+
+def drop_path(
+    x: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Reference of :func:`sdkernels.drop_path` (draws, then :func:`sample_scale`)."""
+    if not training or p == 0.0:
+        return x
+    dim = sample_dim % x.dim()
+    keep = draw_keep(x.shape[dim], p, mode, x.device, generator)
+    return sample_scale(x, keep, dim, keep_scale(p, scale_by_keep))
+
+
+def timm_drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True):
+    """Eager timm-style drop path, from timm's documented algorithm (the baseline we beat).
+
+    A ``[B, 1, ..., 1]`` Bernoulli(1 - p) mask in x's dtype, divided in place by
+    the keep probability, then multiplied into x: one pass for the mask, one for
+    the multiply (and the caller's add is a third).
+    """
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1.0 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    random_tensor = x.new_empty(shape).bernoulli_(keep_prob)
+    if keep_prob > 0.0 and scale_by_keep:
+        random_tensor.div_(keep_prob)
+    return x * random_tensor
+
+
+def torchvision_stochastic_depth(input: torch.Tensor, p: float, mode: str, training: bool = True) -> torch.Tensor:
+    """Eager torchvision-style ``stochastic_depth``, from its documented algorithm (a baseline)."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    if mode not in ["batch", "row"]:
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    if not training or p == 0.0:
+        return input
+    survival_rate = 1.0 - p
+    if mode == "row":
+        size = [input.shape[0]] + [1] * (input.ndim - 1)
+    else:
+        size = [1] * input.ndim
+    noise = torch.empty(size, dtype=input.dtype, device=input.device)
+    noise = noise.bernoulli_(survival_rate)
+    if survival_rate > 0.0:
+        noise.div_(survival_rate)
+    return input * noise
+
+
+def drop_path_rates(rate: float, depth: int) -> List[float]:
+    """Linear decay rule: block i of ``depth`` gets ``rate * i / (depth - 1)`` (timm, Huang et al. 2016)."""
+    return [x.item() for x in torch.linspace(0, rate, depth)]
