@@ -7,10 +7,10 @@ The schemas live in ``csrc/ops.cpp``; the CPU and CUDA implementations in
   the same output dtype and strides as the real kernel, and
 * autograd: the backward saves only the per-sample scale vector (no
   activations), returns ``grad_out`` itself as the residual's gradient and
-  one fused ``sample_scale`` pass for the branch's.
-
-Another backend that brings its own pair of ops (the Triton backend does)
-calls :func:`register_pair_autograd` to get the same autograd.
+  one fused ``sample_scale`` pass for the branch's.  For the C++ ops it is
+  registered in C++ (``csrc/autograd.cpp``, no Python per call); another
+  backend that brings its own pair of ops (the Triton backend does) calls
+  :func:`register_pair_autograd` to get the same rules from Python.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ if HAS_EXT:
     def _fake_sample_scale(x, scale, sample_dim, alpha=1.0, dtype=None):
         return _sample_scale_out(x, dtype)
 
-    register_pair_autograd("sdkernels::scaled_residual_add", "sdkernels::sample_scale")
-    # Python callables (not OpOverloads) so autograd re-enters the dispatcher normally.
+    # Autograd of these two is registered in C++ (csrc/autograd.cpp): same
+    # rules as register_pair_autograd, without Python on the dispatch path.
     scaled_residual_add = torch.ops.sdkernels.scaled_residual_add.default
     sample_scale = torch.ops.sdkernels.sample_scale.default

@@ -9,7 +9,6 @@
 // when any tensor is fp64) and the result is rounded once.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
@@ -36,88 +35,66 @@ struct acc_of {
   using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
 };
 
-constexpr int64_t kBlock = 1024;  // elements converted per step (8 KB of fp64)
-
-// dst[0:c] = src[0:c] converted to acc_t; returns a pointer to acc_t values
-// (src itself when no conversion is needed).
-template <typename T, typename acc_t>
-inline const acc_t* as_acc(const T* src, acc_t* buf, int64_t c) {
-  if constexpr (std::is_same_v<T, acc_t>) {
-    return src;
-  } else {
-    at::vec::convert(src, buf, c);
-    return buf;
-  }
+// Element conversions written so that gcc's auto-vectoriser turns the row
+// loops below into SIMD code at the baseline ISA: bf16 <-> fp32 are integer
+// shifts (round to nearest even, NaN kept quiet), fp32/fp64 are plain casts.
+template <typename acc_t, typename T>
+inline acc_t to_acc(T v) {
+  return static_cast<acc_t>(v);
+}
+template <>
+inline float to_acc<float, c10::BFloat16>(c10::BFloat16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+template <>
+inline double to_acc<double, c10::BFloat16>(c10::BFloat16 v) {
+  return static_cast<double>(to_acc<float>(v));
 }
 
 template <typename O, typename acc_t>
-inline void store_from_acc(const acc_t* src, O* dst, int64_t c) {
-  if constexpr (!std::is_same_v<O, acc_t>) {
-    at::vec::convert(src, dst, c);
-  }
+inline O from_acc(acc_t v) {
+  return static_cast<O>(v);
 }
-
-// dst = src converted (R -> O is a widening or identity conversion here).
-template <typename R, typename O, typename acc_t>
-inline void copy_convert(const R* src, O* dst, int64_t len) {
-  if constexpr (std::is_same_v<R, O>) {
-    std::memcpy(dst, src, sizeof(O) * len);
-  } else {
-    acc_t buf[kBlock];
-    for (int64_t j = 0; j < len; j += kBlock) {
-      const int64_t c = std::min(kBlock, len - j);
-      const acc_t* a = as_acc<R, acc_t>(src + j, buf, c);
-      at::vec::convert(a, dst + j, c);
-    }
-  }
+template <>
+inline c10::BFloat16 from_acc<c10::BFloat16, float>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint16_t bits = (v != v) ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
+  return c10::BFloat16(bits, c10::BFloat16::from_bits());
+}
+template <>
+inline c10::BFloat16 from_acc<c10::BFloat16, double>(double v) {
+  return c10::BFloat16(static_cast<float>(v));  // rare (fp64 math, bf16 out): exact rounding via c10
 }
 
 // out[0:len] = r + b * m, math in acc_t.
 template <typename R, typename B, typename O, typename acc_t>
-inline void fused_row(const R* r, const B* b, O* o, int64_t len, acc_t m) {
-  using V = at::vec::Vectorized<acc_t>;
-  acc_t rbuf[kBlock], bbuf[kBlock], obuf[kBlock];
-  const V mv(m);
-  for (int64_t j = 0; j < len; j += kBlock) {
-    const int64_t c = std::min(kBlock, len - j);
-    const acc_t* ra = as_acc<R, acc_t>(r + j, rbuf, c);
-    const acc_t* ba = as_acc<B, acc_t>(b + j, bbuf, c);
-    acc_t* oa;
-    if constexpr (std::is_same_v<O, acc_t>) {
-      oa = o + j;
-    } else {
-      oa = obuf;
-    }
-    int64_t k = 0;
-    for (; k + V::size() <= c; k += V::size()) {
-      (V::loadu(ra + k) + V::loadu(ba + k) * mv).store(oa + k);
-    }
-    for (; k < c; ++k) oa[k] = ra[k] + ba[k] * m;
-    store_from_acc(oa, o + j, c);
+inline void fused_row(const R* __restrict r, const B* __restrict b, O* __restrict o, int64_t len,
+                      acc_t m) {
+  for (int64_t k = 0; k < len; ++k) {
+    o[k] = from_acc<O, acc_t>(to_acc<acc_t>(r[k]) + to_acc<acc_t>(b[k]) * m);
   }
 }
 
 // out[0:len] = x * m, math in acc_t.
 template <typename X, typename O, typename acc_t>
-inline void scale_row(const X* x, O* o, int64_t len, acc_t m) {
-  using V = at::vec::Vectorized<acc_t>;
-  acc_t xbuf[kBlock], obuf[kBlock];
-  const V mv(m);
-  for (int64_t j = 0; j < len; j += kBlock) {
-    const int64_t c = std::min(kBlock, len - j);
-    const acc_t* xa = as_acc<X, acc_t>(x + j, xbuf, c);
-    acc_t* oa;
-    if constexpr (std::is_same_v<O, acc_t>) {
-      oa = o + j;
-    } else {
-      oa = obuf;
-    }
-    int64_t k = 0;
-    for (; k + V::size() <= c; k += V::size()) {
-      (V::loadu(xa + k) * mv).store(oa + k);
-    }
-    for (; k < c; ++k) oa[k] = xa[k] * m;
-    store_from_acc(oa, o + j, c);
+inline void scale_row(const X* __restrict x, O* __restrict o, int64_t len, acc_t m) {
+  for (int64_t k = 0; k < len; ++k) {
+    o[k] = from_acc<O, acc_t>(to_acc<acc_t>(x[k]) * m);
+  }
+}
+
+// dst = src converted (R -> O is a widening or identity conversion here).
+template <typename R, typename O, typename acc_t>
+inline void copy_convert(const R* __restrict src, O* __restrict dst, int64_t len) {
+  if constexpr (std::is_same_v<R, O>) {
+    std::memcpy(dst, src, sizeof(O) * len);
+  } else {
+    for (int64_t k = 0; k < len; ++k) dst[k] = from_acc<O, acc_t>(to_acc<acc_t>(src[k]));
   }
 }
 

@@ -1,0 +1,32 @@
+"""``python -m sdkernels``: print the backends and check each against the reference."""
+import sys
+
+import torch
+
+import sdkernels
+from sdkernels import functional, reference
+
+
+def main() -> int:
+    print(f"sdkernels {sdkernels.__version__}, torch {torch.__version__}")
+    print("available backends:", ", ".join(sdkernels.available_backends()))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    ok = True
+    for device in devices:
+        r = torch.randn(8, 3, 37, device=device)
+        b = torch.randn(8, 3, 37, device=device, dtype=torch.bfloat16)
+        keep = torch.tensor([1.0, 0, 1, 1, 0, 1, 0, 1], device=device)
+        exp = reference.scaled_residual_add(r, b, keep, 0, 1 / 0.7)
+        for name in sdkernels.available_backends():
+            be = functional._BACKENDS[name]
+            if be.devices is not None and device not in be.devices:
+                continue
+            out = be.residual_add(r, b, keep, 0, 1 / 0.7)
+            good = torch.allclose(out, exp, rtol=1e-5, atol=1e-5)
+            ok &= good
+            print(f"  {device:5s} {name:10s} {'ok' if good else 'MISMATCH'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
