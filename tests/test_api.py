@@ -162,6 +162,8 @@ def test_bad_tensors():
         sdkernels.drop_path_add(torch.ones(4, 5, dtype=torch.int64), B0, 0.1)
     with pytest.raises(TypeError, match="branch must be a floating-point"):
         sdkernels.drop_path_add(R0, torch.ones(4, 5, dtype=torch.complex64), 0.1)
+    with pytest.raises(TypeError, match="branch must be a floating-point"):
+        sdkernels.drop_path_add(R0, B0.to(torch.float8_e4m3fn), 0.1)
     with pytest.raises(TypeError, match="x must be a floating-point"):
         sdkernels.drop_path(torch.ones(4, 5, dtype=torch.int32), 0.1)
     with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
@@ -192,5 +194,7 @@ def test_op_level_errors_do_not_crash():
         op(torch.tensor(1.0), torch.tensor(1.0), torch.ones(1), 0, 1.0)
     with pytest.raises(TypeError, match="floating-point"):
         op(R0.long(), B0, torch.ones(4), 0, 1.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        op(R0, B0.to(torch.float8_e5m2), torch.ones(4), 0, 1.0)
     with pytest.raises(TypeError, match="dtype must be a floating-point"):
         torch.ops.sdkernels.sample_scale(B0, torch.ones(4), 0, 1.0, torch.int32)

@@ -57,8 +57,11 @@ inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
 // Checks shared by every backend's entry point.  Error types follow PyTorch:
 // ValueError for values, TypeError for dtypes, IndexError for dims.
 inline void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "sdkernels: ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+                   "sdkernels: ", name,
+                   " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
+                   st);
 }
 
 inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,

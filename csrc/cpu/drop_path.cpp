@@ -206,8 +206,10 @@ at::Tensor sample_scale_cpu(const at::Tensor& x, const at::Tensor& scale, int64_
                             double alpha, std::optional<at::ScalarType> dtype) {
   check_float(x, "x");
   const auto out_dtype = dtype.has_value() ? *dtype : x.scalar_type();
-  TORCH_CHECK_TYPE(at::isFloatingType(out_dtype),
-                   "sdkernels: dtype must be a floating-point type, got ", out_dtype);
+  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf ||
+                       out_dtype == at::kBFloat16 || out_dtype == at::kDouble,
+                   "sdkernels: dtype must be a floating-point type (float16, bfloat16, float32 "
+                   "or float64), got ", out_dtype);
   const int64_t dim = wrap_sample_dim(sample_dim, x.dim());
   const at::Tensor sc = checked_scale(scale, x.size(dim), x.device());
   at::Tensor out = at::empty_like(x, x.options().dtype(out_dtype));

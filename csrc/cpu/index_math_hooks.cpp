@@ -3,10 +3,12 @@
 // CUDA backend (tests/test_index_math.py).  Schemas: the "test hooks" section
 // of csrc/ops.cpp.  They take no tensors, so they are registered as
 // CompositeExplicitAutograd kernels (reached whatever the dispatch key set).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <vector>
 
 #include "common/drop_path_index.h"
@@ -124,7 +126,9 @@ std::vector<at::Tensor> index_emulate(int64_t numel, int64_t inner, int64_t n, i
         });
   }
   auto to_tensor = [](const std::vector<int64_t>& v) {
-    return at::tensor(at::ArrayRef<int64_t>(v), at::kLong);
+    at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::kLong);
+    if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
+    return t;
   };
   return {to_tensor(vo), to_tensor(vs), to_tensor(eo), to_tensor(es)};
 }

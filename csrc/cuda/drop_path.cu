@@ -1,0 +1,365 @@
+// CUDA kernels of the fused drop-path ops (schemas in csrc/ops.cpp; same
+// semantics as csrc/cpu/drop_path.cpp and sdkernels/reference.py).
+//
+// One pass over memory.  Each op sees its tensors as a dense block
+// [outer, n, inner] (csrc/common/sample_layout.h) and walks it with a
+// grid-stride loop whose index and tail math lives in
+// csrc/common/drop_path_index.h (run on the host by the CPU tests):
+//  - 16-byte loads and stores when every pointer is 16-byte aligned: a vector
+//    holds 16 bytes of the narrowest dtype (8 elements for fp16/bf16, 4 for
+//    fp32, 2 for fp64); a wider dtype of the same vector takes several 16-byte
+//    accesses;
+//  - a vector that would straddle two samples, the tail, and unaligned
+//    tensors go element by element;
+//  - a dropped sample (scale[s] == 0) copies the residual (sample_scale:
+//    writes zeros) without reading the branch (x);
+//  - each input is read in its own dtype; the math is fp32 (fp64 when any
+//    tensor is fp64), multiply and add rounded separately as the reference
+//    does (no FMA contraction), and the result rounded once;
+//  - 64-bit offsets throughout; no atomics, so results are deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Half.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "common/drop_path_index.h"
+#include "common/sample_layout.h"
+
+namespace sdkernels {
+namespace {
+
+namespace ix = ::sdkernels::index;
+
+constexpr int kThreads = 256;
+constexpr int kMaxCachedDevices = 64;
+
+// ---------------------------------------------------------------- types ----
+
+// Result dtype of two floating types, as torch.promote_types gives it.
+template <typename A, typename B>
+struct promote {
+  using type = std::conditional_t<
+      std::is_same_v<A, B>, A,
+      std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double,
+                         float>>;  // fp32 with anything narrower, and fp16 + bf16 -> fp32
+};
+
+template <typename... Ts>
+struct acc_of {
+  using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
+};
+
+// Elements per vector: 16 bytes of the narrowest of the types.
+template <typename... Ts>
+constexpr int vec_of() {
+  constexpr size_t narrowest = std::min({sizeof(Ts)...});
+  return static_cast<int>(ix::kVectorBytes / narrowest);
+}
+
+// ------------------------------------------------------- device helpers ----
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// VEC elements of T at p (16-byte aligned), converted to A: VEC * sizeof(T) / 16
+// loads of 16 bytes each.
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&dst)[VEC]) {
+  constexpr int kPer = static_cast<int>(ix::kVectorBytes / sizeof(T));
+  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int c = 0; c < VEC / kPer; ++c) {
+    const uint4 raw = __ldg(q + c);
+    T v[kPer];
+    memcpy(v, &raw, sizeof(raw));
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) dst[c * kPer + j] = static_cast<A>(v[j]);
+  }
+}
+
+// src converted to T, stored as VEC * sizeof(T) / 16 stores of 16 bytes.
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&src)[VEC]) {
+  constexpr int kPer = static_cast<int>(ix::kVectorBytes / sizeof(T));
+  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
+  uint4* q = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int c = 0; c < VEC / kPer; ++c) {
+    T v[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) v[j] = static_cast<T>(src[c * kPer + j]);
+    uint4 raw;
+    memcpy(&raw, v, sizeof(raw));
+    q[c] = raw;
+  }
+}
+
+// VEC zeros of T at p (16-byte aligned).
+template <int VEC, typename T>
+__device__ __forceinline__ void store_zeros(T* __restrict__ p) {
+  constexpr int kPer = static_cast<int>(ix::kVectorBytes / sizeof(T));
+  uint4* q = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int c = 0; c < VEC / kPer; ++c) q[c] = make_uint4(0u, 0u, 0u, 0u);
+}
+
+// The multiplier of sample s: m = A(scale[s]) * A(alpha).  Returns whether the
+// sample is kept (scale[s] != 0, tested on the stored value).
+template <typename A>
+__device__ __forceinline__ bool multiplier(const void* __restrict__ scale, bool scale_f64,
+                                           int64_t s, A alpha, A& m) {
+  if (scale_f64) {
+    const double v = __ldg(static_cast<const double*>(scale) + s);
+    m = mul_rn(static_cast<A>(v), alpha);
+    return v != 0.0;
+  }
+  const float v = __ldg(static_cast<const float*>(scale) + s);
+  m = mul_rn(static_cast<A>(v), alpha);
+  return v != 0.0f;
+}
+
+// -------------------------------------------------------------- kernels ----
+
+// out = r + b * m for kept samples, r for dropped ones.
+template <typename R, typename B, typename O, typename A, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    scaled_residual_add_kernel(const R* __restrict__ r, const B* __restrict__ b,
+                               O* __restrict__ o, const void* __restrict__ scale, bool scale_f64,
+                               A alpha, ix::GridPlan g) {
+  ix::visit_thread(
+      g, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(threadIdx.x),
+      [&](int64_t off, int64_t s) {
+        A m;
+        const bool keep = multiplier(scale, scale_f64, s, alpha, m);
+        A acc[VEC];
+        load_vec<VEC>(r + off, acc);
+        if (keep) {
+          A bv[VEC];
+          load_vec<VEC>(b + off, bv);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) acc[j] = add_rn(acc[j], mul_rn(bv[j], m));
+        }
+        store_vec<VEC>(o + off, acc);
+      },
+      [&](int64_t i, int64_t s) {
+        A m;
+        const bool keep = multiplier(scale, scale_f64, s, alpha, m);
+        A v = static_cast<A>(r[i]);
+        if (keep) v = add_rn(v, mul_rn(static_cast<A>(b[i]), m));
+        o[i] = static_cast<O>(v);
+      });
+}
+
+// out = x * m for kept samples, zeros (x not read) for dropped ones.
+template <typename X, typename O, typename A, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    sample_scale_kernel(const X* __restrict__ x, O* __restrict__ o,
+                        const void* __restrict__ scale, bool scale_f64, A alpha, ix::GridPlan g) {
+  ix::visit_thread(
+      g, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(threadIdx.x),
+      [&](int64_t off, int64_t s) {
+        A m;
+        if (multiplier(scale, scale_f64, s, alpha, m)) {
+          A v[VEC];
+          load_vec<VEC>(x + off, v);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) v[j] = mul_rn(v[j], m);
+          store_vec<VEC>(o + off, v);
+        } else {
+          store_zeros<VEC>(o + off);
+        }
+      },
+      [&](int64_t i, int64_t s) {
+        A m;
+        if (multiplier(scale, scale_f64, s, alpha, m)) {
+          o[i] = static_cast<O>(mul_rn(static_cast<A>(x[i]), m));
+        } else {
+          o[i] = O(0);
+        }
+      });
+}
+
+// --------------------------------------------------------------- launch ----
+
+// Streaming multiprocessors of a device, cached per device.
+int sm_count(int device) {
+  static std::atomic<int> cache[kMaxCachedDevices];
+  const bool cached = device >= 0 && device < kMaxCachedDevices;
+  if (cached) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+  v = v > 0 ? v : 1;
+  if (cached) cache[device].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+// Per-device cache of one kernel's resident blocks (zero: not known yet).
+using BlocksCache = std::atomic<int>[kMaxCachedDevices];
+
+// Blocks of `kernel` the device holds at once (occupancy x SMs), cached per
+// device in the kernel's own `cache`: the grid-stride loop's grid never
+// exceeds it.
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, int device, BlocksCache& cache) {
+  const bool cached = device >= 0 && device < kMaxCachedDevices;
+  if (cached) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  const int v = (per_sm > 0 ? per_sm : 1) * sm_count(device);
+  if (cached) cache[device].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+// The launch plan of a kernel over layout L.  scale numel 1: one sample.
+template <int VEC, typename Kernel>
+ix::GridPlan plan_launch(Kernel kernel, BlocksCache& cache, const SampleLayout& L, bool one_scale,
+                         bool aligned, int device) {
+  const int64_t n = one_scale ? 1 : L.n;
+  const int64_t inner = one_scale ? L.numel : L.inner;
+  const ix::VecPlan v = ix::plan_vectors(L.numel, inner, n, VEC, aligned);
+  const int64_t blocks =
+      ix::grid_blocks(ix::work_items(v), kThreads, resident_blocks(kernel, device, cache));
+  return ix::plan_grid(v, blocks, kThreads);
+}
+
+bool aligned16(const void* p) {
+  return ix::is_vector_aligned(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)));
+}
+
+template <typename R, typename B>
+void launch_residual_add(const at::Tensor& r, const at::Tensor& b, at::Tensor& out,
+                         const at::Tensor& scale, double alpha, const SampleLayout& L) {
+  using O = typename promote<R, B>::type;
+  using A = typename acc_of<R, B, O>::type;
+  constexpr int VEC = vec_of<R, B, O>();
+  TORCH_INTERNAL_ASSERT(out.scalar_type() == c10::CppTypeToScalarType<O>::value,
+                        "sdkernels: output dtype mismatch");
+  const R* rp = r.const_data_ptr<R>();
+  const B* bp = b.const_data_ptr<B>();
+  O* op = out.mutable_data_ptr<O>();
+  const bool aligned = aligned16(rp) && aligned16(bp) && aligned16(op);
+  auto kernel = scaled_residual_add_kernel<R, B, O, A, VEC>;
+  static BlocksCache cache;  // one per instantiation, i.e. per kernel
+  const int device = out.get_device();
+  const ix::GridPlan g = plan_launch<VEC>(kernel, cache, L, scale.numel() == 1, aligned, device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  kernel<<<static_cast<unsigned>(g.nblocks), kThreads, 0, stream>>>(
+      rp, bp, op, scale.const_data_ptr(), scale.scalar_type() == at::kDouble,
+      static_cast<A>(alpha), g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename X, typename O>
+void launch_sample_scale(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
+                         double alpha, const SampleLayout& L) {
+  using A = typename acc_of<X, O>::type;
+  constexpr int VEC = vec_of<X, O>();
+  const X* xp = x.const_data_ptr<X>();
+  O* op = out.mutable_data_ptr<O>();
+  const bool aligned = aligned16(xp) && aligned16(op);
+  auto kernel = sample_scale_kernel<X, O, A, VEC>;
+  static BlocksCache cache;  // one per instantiation, i.e. per kernel
+  const int device = out.get_device();
+  const ix::GridPlan g = plan_launch<VEC>(kernel, cache, L, scale.numel() == 1, aligned, device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  kernel<<<static_cast<unsigned>(g.nblocks), kThreads, 0, stream>>>(
+      xp, op, scale.const_data_ptr(), scale.scalar_type() == at::kDouble,
+      static_cast<A>(alpha), g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------ entry ops ----
+
+// fp16, bf16, fp32 or fp64 (check_float also admits the fp8 types).
+void check_supported(at::ScalarType t, const char* name) {
+  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
+                   "sdkernels: ", name, " must be float16, bfloat16, float32 or float64, got ",
+                   t);
+}
+
+#define SDK_DISPATCH_FLOAT(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+at::Tensor scaled_residual_add_cuda(const at::Tensor& residual, const at::Tensor& branch,
+                                    const at::Tensor& scale, int64_t sample_dim, double alpha) {
+  check_float(residual, "residual");
+  check_float(branch, "branch");
+  check_supported(residual.scalar_type(), "residual");
+  check_supported(branch.scalar_type(), "branch");
+  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
+                    "sdkernels: residual and branch must have the same shape, got ",
+                    residual.sizes(), " and ", branch.sizes());
+  TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on ", residual.device(),
+                    ", expected a CUDA device");
+  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
+                    residual.device(), " but branch is on ", branch.device());
+  const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
+  const c10::cuda::CUDAGuard guard(residual.device());
+  const at::Tensor sc = checked_scale(scale, residual.size(dim), residual.device());
+  const auto out_dtype = at::promote_types(residual.scalar_type(), branch.scalar_type());
+  at::Tensor out = at::empty_like(residual, residual.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  const at::Tensor r = match_strides(residual, out);
+  const at::Tensor b = match_strides(branch, out);
+  const SampleLayout L = plan_layout(out, dim);
+  SDK_DISPATCH_FLOAT(r.scalar_type(), "scaled_residual_add_cuda", [&] {
+    using R = scalar_t;
+    SDK_DISPATCH_FLOAT(b.scalar_type(), "scaled_residual_add_cuda", [&] {
+      launch_residual_add<R, scalar_t>(r, b, out, sc, alpha, L);
+    });
+  });
+  return out;
+}
+
+at::Tensor sample_scale_cuda(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
+                             double alpha, std::optional<at::ScalarType> dtype) {
+  check_float(x, "x");
+  check_supported(x.scalar_type(), "x");
+  const auto out_dtype = dtype.has_value() ? *dtype : x.scalar_type();
+  check_supported(out_dtype, "dtype");
+  TORCH_CHECK_VALUE(x.is_cuda(), "sdkernels: x is on ", x.device(), ", expected a CUDA device");
+  const int64_t dim = wrap_sample_dim(sample_dim, x.dim());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor sc = checked_scale(scale, x.size(dim), x.device());
+  at::Tensor out = at::empty_like(x, x.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  const at::Tensor xs = match_strides(x, out);
+  const SampleLayout L = plan_layout(out, dim);
+  SDK_DISPATCH_FLOAT(xs.scalar_type(), "sample_scale_cuda", [&] {
+    using X = scalar_t;
+    SDK_DISPATCH_FLOAT(out_dtype, "sample_scale_cuda", [&] {
+      launch_sample_scale<X, scalar_t>(xs, out, sc, alpha, L);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sdkernels, CUDA, m) {
+  m.impl("scaled_residual_add", &scaled_residual_add_cuda);
+  m.impl("sample_scale", &sample_scale_cuda);
+}
+
+}  // namespace sdkernels
