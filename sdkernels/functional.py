@@ -13,6 +13,7 @@ from ._ext import has_kernel
 __all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend"]
 
 MODES = ("row", "batch")
+FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 BACKEND_NAMES = ("auto", "reference", "cpu", "cuda", "triton")
 
 
@@ -56,21 +57,35 @@ def available_backends() -> Tuple[str, ...]:
     return tuple(n for n in BACKEND_NAMES if n in _BACKENDS and _BACKENDS[n].available)
 
 
-def _auto_backend(device_type: str) -> Backend:
+# ---- auto rule between "cuda" and "triton" (Triton backend, issue 3) ------
+# Below TRITON_MIN_NUMEL elements a CUDA call is host-bound: the C++ op costs a
+# few us through the dispatcher (3.6 us measured through torch.ops on this
+# project's CPU box), a triton_op adds the Python body and Triton's launcher
+# (assumed 15-25 us, not measured).  The kernel moves (2 + (1 - p)) tensors: at
+# 2**22 bf16 elements that is ~23 MB, ~8 us at ~3 TB/s (H100), the size where
+# the device time is of the order of the extra host time.  So: C++ op below
+# 2**22 elements, Triton at and above (both are one pass at memory speed there).
+# ASSUMPTION awaiting GPU measurement (benchmarks, issue 4): revisit the number
+# (and whether Triton should win at all) when H100/H200 timings arrive.
+TRITON_MIN_NUMEL = 1 << 22
+
+
+def _auto_backend(device_type: str, numel: int = 0) -> Backend:
     # The compiled kernel for the tensor's device, else the reference.
     if device_type == "cpu" and "cpu" in _BACKENDS:
         return _BACKENDS["cpu"]
     if device_type == "cuda":
-        for name in ("cuda", "triton"):
+        order = ("triton", "cuda") if numel >= TRITON_MIN_NUMEL else ("cuda", "triton")
+        for name in order:
             be = _BACKENDS.get(name)
-            if be is not None and be.available:
+            if be is not None and be.available and (be.devices is None or "cuda" in be.devices):
                 return be
     return _BACKENDS["reference"]
 
 
-def _pick_backend(backend: str, device: torch.device) -> Backend:
+def _pick_backend(backend: str, device: torch.device, numel: int = 0) -> Backend:
     if backend == "auto":
-        return _auto_backend(device.type)
+        return _auto_backend(device.type, numel)
     be = _BACKENDS.get(backend)
     if be is None or not be.available:
         raise ValueError(
@@ -95,8 +110,8 @@ def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, gene
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if not (x.is_floating_point()):
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (the sample dim), got a 0-dim tensor")
     if isinstance(sample_dim, bool) or not isinstance(sample_dim, int):
@@ -158,13 +173,13 @@ def drop_path_add(
     dim = _check_common(residual, "residual", p, mode, sample_dim, backend, generator)
     if not isinstance(branch, torch.Tensor):
         raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
-    if not branch.is_floating_point():
-        raise TypeError(f"branch must be a floating-point tensor, got {branch.dtype}")
+    if branch.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"branch must be a floating-point tensor (float16, bfloat16, float32 or float64), got {branch.dtype}")
     if residual.shape != branch.shape:
         raise ValueError(f"residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}")
     if residual.device != branch.device:
         raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
-    be = _pick_backend(backend, residual.device)
+    be = _pick_backend(backend, residual.device, residual.numel())
     if not training or p == 0.0:
         return residual + branch
     keep = _draw(residual, dim, p, mode, generator)
@@ -189,7 +204,7 @@ def drop_path(
     ``x`` itself.  Arguments as in :func:`drop_path_add`.
     """
     dim = _check_common(x, "x", p, mode, sample_dim, backend, generator)
-    be = _pick_backend(backend, x.device)
+    be = _pick_backend(backend, x.device, x.numel())
     if not training or p == 0.0:
         return x
     keep = _draw(x, dim, p, mode, generator)
@@ -211,3 +226,14 @@ def drop_path_rates(rate: float, depth: int):
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
     return reference.drop_path_rates(float(rate), depth)
+
+
+# ---- Triton backend (issue 3): registers itself when Triton imports -------
+# Any failure (Triton missing, or a Triton/torch mismatch) leaves the backend
+# out; `import sdkernels` never breaks on it.
+try:
+    from . import triton_ops as _triton_ops  # noqa: F401,E402
+except Exception as _e:  # noqa: BLE001
+    TRITON_IMPORT_ERROR: Optional[BaseException] = _e
+else:
+    TRITON_IMPORT_ERROR = None
