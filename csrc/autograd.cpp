@@ -98,13 +98,25 @@ class ResidualAddFn : public torch::autograd::Function<ResidualAddFn> {
   }
 };
 
+bool needs_graph(const at::Tensor& a) {
+  return at::GradMode::is_enabled() && a.requires_grad();
+}
+
 at::Tensor residual_add_autograd(const at::Tensor& residual, const at::Tensor& branch,
                                  const at::Tensor& scale, int64_t sample_dim, double alpha) {
+  if (!needs_graph(residual) && !needs_graph(branch)) {  // no graph to record: skip the node
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_residual_add(residual, branch, scale, sample_dim, alpha);
+  }
   return ResidualAddFn::apply(residual, branch, scale, sample_dim, alpha);
 }
 
 at::Tensor sample_scale_autograd(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
                                  double alpha, std::optional<at::ScalarType> dtype) {
+  if (!needs_graph(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_sample_scale(x, scale, sample_dim, alpha, dtype);
+  }
   return SampleScaleFn::apply(x, scale, sample_dim, alpha, dtype);
 }
 

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Optional.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -100,8 +101,8 @@ inline void copy_convert(const R* __restrict src, O* __restrict dst, int64_t len
 
 // Per-sample multipliers m[s] = scale[s] * alpha in acc_t, and kept flags.
 template <typename acc_t>
-void multipliers(const at::Tensor& scale, double alpha, std::vector<acc_t>& m,
-                 std::vector<char>& kept) {
+void multipliers(const at::Tensor& scale, double alpha, c10::SmallVector<acc_t, 64>& m,
+                 c10::SmallVector<char, 64>& kept) {
   const int64_t ns = scale.numel();
   m.resize(ns);
   kept.resize(ns);
@@ -134,8 +135,8 @@ void residual_add_typed(const at::Tensor& r, const at::Tensor& b, at::Tensor& ou
                         const at::Tensor& scale, double alpha, const SampleLayout& L) {
   using O = typename promote<R, B>::type;
   using acc_t = typename acc_of<R, B, O>::type;
-  std::vector<acc_t> m;
-  std::vector<char> kept;
+  c10::SmallVector<acc_t, 64> m;  // no heap allocation for up to 64 samples
+  c10::SmallVector<char, 64> kept;
   multipliers<acc_t>(scale, alpha, m, kept);
   const bool one = scale.numel() == 1;
   const R* rp = r.const_data_ptr<R>();
@@ -156,8 +157,8 @@ template <typename X, typename O>
 void sample_scale_typed(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
                         double alpha, const SampleLayout& L) {
   using acc_t = typename acc_of<X, O>::type;
-  std::vector<acc_t> m;
-  std::vector<char> kept;
+  c10::SmallVector<acc_t, 64> m;  // no heap allocation for up to 64 samples
+  c10::SmallVector<char, 64> kept;
   multipliers<acc_t>(scale, alpha, m, kept);
   const bool one = scale.numel() == 1;
   const X* xp = x.const_data_ptr<X>();
