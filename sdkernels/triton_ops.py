@@ -16,6 +16,7 @@ function as their fake kernel.
 Importing this module registers the ``"triton"`` backend of
 :mod:`sdkernels.functional`; it raises ImportError when Triton is missing.
 """
+import contextlib
 from typing import Optional  # no `from __future__ import annotations`: older torch infers schemas from real types
 
 import torch
@@ -47,6 +48,21 @@ def _skip_launch(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import is_fake
 
     return is_fake(t)
+
+
+def _launch_device(t: torch.Tensor):
+    """A context making ``t``'s GPU the current device for the launch.
+
+    Triton's launcher compiles for, and launches on, the *current* device and
+    its current stream, not the tensors' device: without this a tensor on
+    ``cuda:1`` while ``cuda:0`` is current would be handed to a kernel running
+    on GPU 0.  (Inductor's generated code sets the device itself; a no-op there.)
+    """
+    if INTERPRET or t.device.type != "cuda" or t.device.index is None or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    if t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device.index)
 
 
 def _check_device(t: torch.Tensor) -> None:
@@ -116,7 +132,8 @@ def _scaled_residual_add(
     r = _in_layout_of(residual, out)
     b = _in_layout_of(branch, out)
     n, inner = _k.plan(out, dim, sc.numel())
-    _k.launch_scaled_residual_add(out, r, b, sc, alpha, n, inner, wrap=_wrap)
+    with _launch_device(out):
+        _k.launch_scaled_residual_add(out, r, b, sc, alpha, n, inner, wrap=_wrap)
     return out
 
 
@@ -135,7 +152,8 @@ def _sample_scale(
         return out
     xs = _in_layout_of(x, out)
     n, inner = _k.plan(out, dim, sc.numel())
-    _k.launch_sample_scale(out, xs, sc, alpha, n, inner, wrap=_wrap)
+    with _launch_device(out):
+        _k.launch_sample_scale(out, xs, sc, alpha, n, inner, wrap=_wrap)
     return out
 
 

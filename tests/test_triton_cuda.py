@@ -16,7 +16,7 @@ pytest.importorskip("triton", reason="Triton is not installed")
 
 import sdkernels  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
-from _tolerances import assert_close  # noqa: E402
+from _tolerances import TOL, assert_close  # noqa: E402
 
 T = pytest.importorskip("sdkernels.triton_ops", reason="sdkernels.triton_ops does not import")
 
@@ -162,10 +162,16 @@ class _Block(torch.nn.Module):
 
 
 def _dropped_or_kept(out, res, branch, scale, dim):
-    """Per sample along dim: True where out == res + branch * scale, False where out == res."""
-    o, r, b = (t.movedim(dim, 0).flatten(1).float() for t in (out, res, branch))
+    """Per sample along dim: True where out == res + branch * scale, False where out == res.
+
+    "Kept" compares with the reference's all-kept result (rounded to out's dtype) at out's
+    dtype tolerance: a bf16 output is not within 1e-5 of the unrounded fp32 sum.
+    """
+    full = R.scaled_residual_add(res, branch, torch.ones(1, device=res.device), dim, scale)
+    tol = TOL[out.dtype]
+    o, r, e = (t.movedim(dim, 0).flatten(1).float() for t in (out, res.to(out.dtype), full))
     dropped = (o == r).all(dim=1)
-    kept = torch.isclose(o, r + b * scale, rtol=1e-5, atol=1e-5).all(dim=1)
+    kept = torch.isclose(o, e, rtol=tol["rtol"], atol=tol["atol"]).all(dim=1)
     assert bool((dropped | kept).all()), "every sample is either dropped or kept"
     return kept & ~dropped
 
@@ -223,6 +229,23 @@ def test_cuda_graph_replay_draws_fresh_masks():
         kept_y = _dropped_or_kept(y, torch.zeros_like(b), b, 2.0, 0)
         masks.append((tuple(kept.tolist()), tuple(kept_y.tolist())))
     assert len(set(masks)) == len(masks), "each replay must draw a new mask"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_a_gpu_that_is_not_current():
+    # Triton launches on the current device: the ops must switch to the tensors' GPU.
+    r, b = _inputs((4, 3, 1100), torch.float32, torch.bfloat16)
+    r, b = r.to("cuda:1"), b.to("cuda:1")
+    keep = torch.tensor([1.0, 0, 1, 1], device="cuda:1")
+    with torch.cuda.device(0):
+        out = T.scaled_residual_add(r, b, keep, 0, 1.25)
+        y = T.sample_scale(b, keep, 0, 1.25, None)
+        bt = b.movedim(0, -1).contiguous()  # sample dim last: inner = 1, the tile kernel
+        t = T.sample_scale(bt, keep, -1, 1.25, torch.float32)
+    assert out.device == y.device == t.device == torch.device("cuda:1")
+    assert_close(out, R.scaled_residual_add(r, b, keep, 0, 1.25))
+    assert_close(y, R.sample_scale(b, keep, 0, 1.25))
+    assert_close(t, R.sample_scale(bt, keep, -1, 1.25, torch.float32))
 
 
 def test_64bit_offsets():
