@@ -72,6 +72,8 @@ def _layouts(device):
     yield "sliced", base[:, ::2], base[:, 1::2]
     yield "expanded_branch", base, base[:, :1].expand(4, 6, 5, 7)
     yield "seq_first", torch.randn(9, 4, 33, generator=g).to(device), torch.randn(9, 4, 33, generator=g).to(device)
+    odd = torch.randn(4 * 6 * 5 * 7, generator=g).to(device).as_strided((4, 1, 6, 5, 7), (210, 999, 35, 7, 1))
+    yield "size1_dim_odd_stride", odd, torch.randn(4, 1, 6, 5, 7, generator=g).to(device)
     yield "offset", torch.randn(4 * 6 * 5 * 7 + 1, generator=g).to(device)[1:].view(4, 6, 5, 7), base
 
 

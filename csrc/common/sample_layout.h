@@ -42,11 +42,21 @@ inline SampleLayout plan_layout(const at::Tensor& t, int64_t dim) {
   return L;
 }
 
-// `src` laid out with exactly `like`'s strides: itself when it already is,
-// else a copy (the slow path for inputs whose layout differs from the output).
+// Whether a and b put every element at the same memory offset (strides of
+// size-1 dims do not matter).
+inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.dim() != b.dim()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+// `src` laid out like `like` (dense, non-overlapping): itself when it already
+// is, else a copy (the slow path for inputs whose layout differs from the
+// output's).
 inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
-  if (src.strides() == like.strides() && src.storage_offset() >= 0 &&
-      src.is_non_overlapping_and_dense()) {
+  if (same_layout(src, like) && src.is_non_overlapping_and_dense()) {
     return src;
   }
   at::Tensor dst = at::empty_strided(like.sizes(), like.strides(), src.options());
