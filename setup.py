@@ -67,7 +67,11 @@ def _want_cuda():
 
 def _extensions():
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    # The C++ standard is the one torch asks for.  -fopenmp: at::parallel_for is
+    # inlined from ATen's headers and runs serially unless the extension itself
+    # is compiled with OpenMP (torch's CPU build uses the OpenMP backend).
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc")]
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -80,6 +84,7 @@ def _extensions():
                 cpp_sources + cu_sources,
                 include_dirs=include_dirs,
                 define_macros=[("SDKERNELS_WITH_CUDA", "1")],
+                extra_link_args=link_flags,
                 extra_compile_args={
                     "cxx": cxx_flags,
                     "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
@@ -92,6 +97,7 @@ def _extensions():
             cpp_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     ]
 
