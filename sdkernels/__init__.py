@@ -8,3 +8,8 @@ from .functional import available_backends, drop_path, drop_path_add, drop_path_
 
 __version__ = "0.1.0"
 __all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "nn", "reference"]
+
+# ---- skip path (issue 5): branch run on kept samples only ------------------
+from .skip import drop_path_residual  # noqa: E402
+
+__all__ += ["drop_path_residual"]

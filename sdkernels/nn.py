@@ -84,3 +84,9 @@ class DropPathAdd(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}, sample_dim={self.sample_dim}"
+
+
+# ---- skip path (issue 5): branch run on kept samples only ------------------
+from .skip import StochasticResidual  # noqa: E402
+
+__all__ += ["StochasticResidual"]

@@ -1,0 +1,338 @@
+"""The block suite (issue 5): residual blocks with stochastic depth, forward+backward.
+
+Two blocks, each built once per p with identical weights for every provider:
+
+- ``vit_b_block``: a pre-norm ViT-B/16 block, ``x = x + dp(attn(norm1(x)))``
+  then ``x = x + dp(mlp(norm2(x)))`` (dim 768, 12 heads, MLP 3072, 197 tokens);
+- ``resnet_bottleneck``: a ResNet-50 stage-1 bottleneck on 256x56x56 in
+  channels_last (the fast layout for convolutions on CPU and GPU),
+  ``relu(x + dp(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))))))`` (1x1 256->64,
+  3x3 64->64, 1x1 64->256; BatchNorm in training mode).
+
+Providers (``provider`` column):
+
+- ``eager``: timm-style ``x + drop_path(branch(x))`` (:func:`sdkernels.reference.timm_drop_path`):
+  the whole branch is computed, then a quarter or half of it multiplied by zero;
+- ``fused``: the core fused op, ``sdkernels.drop_path_add(x, branch(x), p)``;
+- ``skip``: :func:`sdkernels.drop_path_residual` with count "fixed": the branch
+  runs on the kept samples only (``k = floor(n (1 - p) + 1/2)``);
+- ``skip-bernoulli`` (opt-in): the same with timm's per-sample distribution
+  (one host sync per call).
+
+A step is forward, backward from a fixed random output gradient, and
+``zero_grad(set_to_none=True)``.  Providers' steps are interleaved (A B C A B C
+...) so slow drift on a shared machine hits all alike; each step is timed with
+a synchronised wall clock and the median is reported.  fp32 runs everything in
+fp32; bf16/fp16 run under autocast with fp32 weights and residual stream (the
+mixed-precision case, labelled "fp32+bf16").
+
+The goal (issue 5): ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
+0.1 on a GPU (bf16, batch 64) and 0.15 on CPU (fp32).  Rows carry
+``time_ratio_vs_eager``, ``goal_ratio``, ``kept`` and ``realised_p``.
+
+``python -m benchmarks --suite blocks`` calls :func:`run_block_suite`;
+``python -m benchmarks.blocks`` runs it alone and writes
+``results/blocks-<device>-<date>.csv`` and ``.png`` (speed-up against p).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BLOCK_PROVIDERS", "BLOCKS", "DEFAULT_PS", "default_batch", "run_block_suite", "plot_blocks", "main"]
+
+BLOCK_PROVIDERS = ("eager", "fused", "skip")
+ALL_PROVIDERS = BLOCK_PROVIDERS + ("skip-bernoulli",)
+BLOCKS = ("vit_b_block", "resnet_bottleneck")
+DEFAULT_PS = (0.1, 0.2, 0.3, 0.5)
+GOAL_MARGIN = {"cpu": 0.15, "cuda": 0.1}
+
+
+def default_batch(device: str) -> int:
+    """GPU: 64 (the issue's goal setting).  CPU: 10, where k = n (1 - p) exactly for p in 0.1..0.5
+    and a fwd+bwd ViT-B step takes about a second on 2 cores."""
+    return 64 if device == "cuda" else 10
+
+
+# ---------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+def _residual(impl: str, x: torch.Tensor, branch, p: float) -> torch.Tensor:
+    import sdkernels
+    from sdkernels.reference import timm_drop_path
+
+    if impl == "eager":
+        return x + timm_drop_path(branch(x), p, True)
+    if impl == "fused":
+        return sdkernels.drop_path_add(x, branch(x), p)
+    if impl == "skip":
+        return sdkernels.drop_path_residual(x, branch, p, count="fixed")
+    if impl == "skip-bernoulli":
+        return sdkernels.drop_path_residual(x, branch, p, count="bernoulli")
+    raise ValueError(f"unknown provider {impl!r}")
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm ViT block; ``impl`` picks the drop path of both residual branches."""
+
+    def __init__(self, p: float, dim: int = 768, heads: int = 12, mlp_ratio: int = 4):
+        super().__init__()
+        self.p = p
+        self.impl = "eager"
+        self.attn_branch = nn.Sequential(nn.LayerNorm(dim), _Attention(dim, heads))
+        self.mlp_branch = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
+                                        nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x):
+        x = _residual(self.impl, x, self.attn_branch, self.p)
+        return _residual(self.impl, x, self.mlp_branch, self.p)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50 stage-1 bottleneck (identity shortcut); ``impl`` picks the drop path."""
+
+    def __init__(self, p: float, channels: int = 256, width: int = 64):
+        super().__init__()
+        self.p = p
+        self.impl = "eager"
+        self.branch = nn.Sequential(
+            nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x):
+        return torch.relu(_residual(self.impl, x, self.branch, self.p))
+
+
+def _make(block: str, p: float, batch: int, device: str, seed: int = 0):
+    torch.manual_seed(seed)
+    if block == "vit_b_block":
+        m = ViTBlock(p)
+        shape = (batch, 197, 768)
+    elif block == "resnet_bottleneck":
+        m = Bottleneck(p)
+        shape = (batch, 256, 56, 56)
+    else:
+        raise ValueError(f"unknown block {block!r}")
+    m = m.to(device).train()
+    x = torch.randn(shape, device=device)
+    g = torch.randn(shape, device=device)
+    if len(shape) == 4:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+        g = g.to(memory_format=torch.channels_last)
+    return m, x.requires_grad_(), g
+
+
+_SIZE = {"vit_b_block": "vit-b-block", "resnet_bottleneck": "resnet50-bottleneck"}
+
+
+def _step_fn(m, x, g, device: str, amp_dtype):
+    amp = torch.autocast(device, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+    def step():
+        with amp:
+            out = m(x)
+        out.backward(g.to(out.dtype))
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return step
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _dtype_label(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "fp32+bf16", torch.float16: "fp32+fp16"}[dtype]
+
+
+def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Optional[int] = None,
+                    ps: Sequence[float] = DEFAULT_PS, repeats: Optional[int] = None, progress=None,
+                    providers: Sequence[str] = BLOCK_PROVIDERS, blocks: Sequence[str] = BLOCKS) -> List[Dict]:
+    """Rows (suite "blocks", mode "fwd+bwd") for each block, p and provider.
+
+    ``dtype``: fp32 (everything fp32) or bf16/fp16 (autocast, fp32 weights and
+    stream).  ``batch`` defaults to :func:`default_batch`; ``repeats`` (timed
+    steps per provider, median reported) to 5 on CPU and 20 on GPU;
+    ``progress`` is anything with ``update(n)`` (a tqdm bar) or None.
+    """
+    from sdkernels.skip import kept_count
+
+    batch = batch or default_batch(device)
+    repeats = repeats or (20 if device == "cuda" else 5)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    amp_dtype = None if dtype == torch.float32 else dtype
+    margin = GOAL_MARGIN.get(device, 0.15)
+    rows: List[Dict] = []
+    for block in blocks:
+        for p in ps:
+            k = kept_count(batch, p)
+            m, x, g = _make(block, p, batch, device)
+            base = {"suite": "blocks", "op": block, "size": _SIZE[block], "shape": "x".join(map(str, x.shape)),
+                    "dtype": _dtype_label(dtype), "mode": "fwd+bwd", "p": p, "batch": batch,
+                    "requires_grad": True, "sample_dim": 0,
+                    "layout": "channels_last" if x.dim() == 4 else "contiguous"}
+            my = [dict(base, provider=prov, status="ok", time_ms=None) for prov in providers]
+            rows += my
+            try:
+                step = _step_fn(m, x, g, device, amp_dtype)
+                for r in my:  # warm-up: two steps each
+                    m.impl = r["provider"]
+                    step()
+                    step()
+                _sync(device)
+                times: Dict[str, List[float]] = {r["provider"]: [] for r in my}
+                for _ in range(repeats):
+                    for r in my:
+                        m.impl = r["provider"]
+                        _sync(device)
+                        t0 = time.perf_counter()
+                        step()
+                        _sync(device)
+                        times[r["provider"]].append(time.perf_counter() - t0)
+                for r in my:
+                    ts = sorted(times[r["provider"]])
+                    iqr = (ts[-1] - ts[0]) if len(ts) < 4 else (statistics.quantiles(ts, n=4)[2] -
+                                                                statistics.quantiles(ts, n=4)[0])
+                    r.update(time_ms=statistics.median(ts) * 1e3, n_samples=len(ts), iqr_ms=iqr * 1e3,
+                             timer="wall_clock_sync (providers interleaved)")
+                    if r["provider"] == "skip":
+                        r.update(kept=k, realised_p=1.0 - k / batch,
+                                 note=f"count=fixed keeps k={k} of {batch} (realised drop {1 - k / batch:.3f})")
+                    elif r["provider"] == "skip-bernoulli":
+                        r.update(note="count=bernoulli: timm's distribution, one host sync per call")
+                eager = next((r["time_ms"] for r in my if r["provider"] == "eager"), None)
+                for r in my:
+                    if eager:
+                        r["speedup_vs_eager"] = eager / r["time_ms"]
+                        r["time_ratio_vs_eager"] = r["time_ms"] / eager
+                    r["goal_ratio"] = (1.0 - p) + margin if r["provider"].startswith("skip") else None
+            except Exception as e:  # one broken provider must not lose the suite
+                for r in my:
+                    if r["time_ms"] is None:
+                        r.update(status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
+            del m, x, g
+            if progress is not None:
+                progress.update(len(my))
+    return rows
+
+
+def plot_blocks(rows: Sequence[Dict], path: str, margin: float) -> Optional[str]:
+    """Speed-up against eager vs p, one line per block and provider, with the goal 1 / ((1 - p) + margin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r.get("status") == "ok" and r.get("speedup_vs_eager") and r["provider"] != "eager"]
+    if not sel:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in sel:
+        groups.setdefault((r["op"], r["provider"]), []).append(r)
+    styles = {"vit_b_block": "-", "resnet_bottleneck": "--"}
+    for (op, prov), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["p"])
+        ax.plot([r["p"] for r in rs], [r["speedup_vs_eager"] for r in rs], styles.get(op, "-"), marker="o",
+                label=f"{op} {prov}")
+    ps = sorted({r["p"] for r in sel})
+    grid = [min(ps) + (max(ps) - min(ps)) * i / 50 for i in range(51)]
+    ax.plot(grid, [1 / ((1 - p) + margin) for p in grid], color="k", lw=1, ls=":",
+            label=f"goal for skip: 1 / ((1 - p) + {margin})")
+    ax.plot(grid, [1 / (1 - p) for p in grid], color="grey", lw=0.8, ls="-.", label="ideal skip: 1 / (1 - p)")
+    ax.axhline(1.0, color="k", lw=0.6)
+    r0 = sel[0]
+    ax.set_title(f"block fwd+bwd speed-up vs eager drop path: {r0.get('device_name') or r0.get('device')}, "
+                 f"{r0['dtype']}, batch {r0['batch']}"
+                 + (f", {r0['threads']} thread(s)" if r0.get("threads") else ""), fontsize=9)
+    ax.set_xlabel("drop probability p")
+    ax.set_ylabel("time(eager) / time(provider)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    import argparse
+    import os
+
+    from . import report
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.blocks", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                    help="default: bf16 (autocast) on CUDA, fp32 on CPU")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--ps", default=",".join(map(str, DEFAULT_PS)))
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--providers", default=",".join(BLOCK_PROVIDERS), help=f"among {', '.join(ALL_PROVIDERS)}")
+    ap.add_argument("--blocks", default=",".join(BLOCKS))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (torch.set_num_threads); 1 is steadier on a CPU shared with other jobs")
+    ap.add_argument("--name", default=None, help="output file stem (default blocks-<device>-<date>)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+        a.dtype or ("bf16" if a.device == "cuda" else "fp32")]
+    ps = [float(v) for v in a.ps.split(",") if v.strip()]
+    env = report.environment(a.device)
+    t0 = time.monotonic()
+    rows = run_block_suite(a.device, dt, a.batch, ps, a.repeats,
+                           providers=[s.strip() for s in a.providers.split(",") if s.strip()],
+                           blocks=[s.strip() for s in a.blocks.split(",") if s.strip()])
+    report.finish_rows(rows, env)
+    tag = os.path.basename(report.output_stem(env, os.path.join(a.out, "__no_such_dir__"), None))  # e.g. cpu-2026-11-27
+    stem = report.output_stem(env, a.out, a.name or f"blocks-{tag}")
+    report.write_csv(rows, stem + ".csv")
+    margin = GOAL_MARGIN.get(a.device, 0.15)
+    png = plot_blocks(rows, stem + ".png", margin)
+    print(f"{'block':20s} {'p':>4s} {'provider':15s} {'ms':>9s} {'t/eager':>8s} {'goal':>6s}")
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {r['status']}: {r.get('note')}")
+            continue
+        goal = r.get("goal_ratio")
+        ratio = r.get("time_ratio_vs_eager")
+        verdict = "" if goal is None or ratio is None else ("ok" if ratio <= goal else "MISS")
+        print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {r['time_ms']:9.2f} "
+              f"{ratio if ratio is not None else float('nan'):8.3f} {goal if goal else float('nan'):6.3f} {verdict}")
+    print(f"wrote {stem}.csv" + (f" and {png}" if png else "") + f" in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

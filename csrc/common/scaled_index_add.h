@@ -1,0 +1,115 @@
+// Host-side layout rules and argument checks shared by the CPU and CUDA
+// kernels of the skip-path ops (scaled_index_add, index_scale; schemas in
+// csrc/ops.cpp).
+//
+// Layout.  A tensor of n samples is a dense block [outer, n, inner]
+// (sample_layout.h).  Its k-sample partner (scaled_index_add's src,
+// index_scale's output) has the same dims in the same memory order with k in
+// place of n (samples_like), so it is [outer, k, inner] with the same outer
+// and inner: row (o, j) of the partner pairs with row (o, index[j]).
+// sdkernels/skip.py's fake kernels apply the same rule.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "common/sample_layout.h"
+
+namespace sdkernels {
+namespace skip {
+
+// An empty dense tensor of `like`'s sizes with k samples along `dim`, its dims
+// in `like`'s memory order (sorted by stride, largest first, ties by dim index).
+inline at::Tensor samples_like(const at::Tensor& like, int64_t dim, int64_t k,
+                               const at::TensorOptions& opts) {
+  const int64_t nd = like.dim();
+  std::vector<int64_t> perm(nd);
+  std::iota(perm.begin(), perm.end(), 0);
+  const auto st = like.strides();
+  std::stable_sort(perm.begin(), perm.end(),
+                   [&](int64_t a, int64_t b) { return st[a] > st[b]; });
+  std::vector<int64_t> psizes(nd), inv(nd);
+  for (int64_t i = 0; i < nd; ++i) {
+    psizes[i] = perm[i] == dim ? k : like.size(perm[i]);
+    inv[perm[i]] = i;
+  }
+  return at::empty(psizes, opts).permute(inv);
+}
+
+// Whether `t` addresses memory exactly as the dense tensor `like` does (equal
+// sizes, equal strides on every dim of size > 1; then t is dense too).
+inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
+  if (t.sizes() != like.sizes()) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1 && t.stride(d) != like.stride(d)) return false;
+  }
+  return true;
+}
+
+// `t` in `like`'s memory layout: itself when it has it, else a copy (slow path).
+inline at::Tensor to_layout(const at::Tensor& t, const at::Tensor& like) {
+  if (same_layout(t, like)) return t;
+  at::Tensor dst = at::empty_strided(like.sizes(), like.strides(), t.options());
+  dst.copy_(t);
+  return dst;
+}
+
+// fp16, bf16, fp32 or fp64 (check_float also admits the fp8 types).
+inline void check_supported(at::ScalarType t, const char* name) {
+  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
+                   "sdkernels: ", name, " must be float16, bfloat16, float32 or float64, got ",
+                   t);
+}
+
+// index: int64, 1-D, on `device` (values are checked by each backend).
+inline void check_index_meta(const at::Tensor& index, const at::Device& device) {
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "sdkernels: index must be int64, got ",
+                   index.scalar_type());
+  TORCH_CHECK_VALUE(index.dim() == 1, "sdkernels: index must be 1-D, got shape ",
+                    index.sizes());
+  TORCH_CHECK_VALUE(index.device() == device, "sdkernels: index is on ", index.device(),
+                    " but the tensors are on ", device);
+}
+
+// scaled_index_add's arguments, all but index's values; returns sample_dim wrapped.
+inline int64_t check_add_args(const at::Tensor& residual, const at::Tensor& src,
+                              const at::Tensor& index, int64_t sample_dim) {
+  check_float(residual, "residual");
+  check_float(src, "src");
+  check_supported(residual.scalar_type(), "residual");
+  check_supported(src.scalar_type(), "src");
+  TORCH_CHECK_VALUE(residual.device() == src.device(), "sdkernels: residual is on ",
+                    residual.device(), " but src is on ", src.device());
+  const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
+  TORCH_CHECK_VALUE(src.dim() == residual.dim(), "sdkernels: src must have residual's ",
+                    residual.dim(), " dims, got shape ", src.sizes());
+  for (int64_t d = 0; d < residual.dim(); ++d) {
+    TORCH_CHECK_VALUE(d == dim || src.size(d) == residual.size(d),
+                      "sdkernels: src must match residual's shape except along sample_dim ",
+                      dim, ", got ", src.sizes(), " and ", residual.sizes());
+  }
+  check_index_meta(index, residual.device());
+  TORCH_CHECK_VALUE(src.size(dim) == index.numel(), "sdkernels: src has ", src.size(dim),
+                    " samples along dim ", dim, " but index has ", index.numel(), " entries");
+  return dim;
+}
+
+// index_scale's arguments, all but index's values; returns sample_dim wrapped.
+inline int64_t check_scale_args(const at::Tensor& grad, const at::Tensor& index,
+                                int64_t sample_dim, at::ScalarType out_dtype) {
+  check_float(grad, "grad");
+  check_supported(grad.scalar_type(), "grad");
+  TORCH_CHECK_TYPE(at::isFloatingType(out_dtype),
+                   "sdkernels: dtype must be a floating-point type, got ", out_dtype);
+  check_supported(out_dtype, "dtype");
+  const int64_t dim = wrap_sample_dim(sample_dim, grad.dim());
+  check_index_meta(index, grad.device());
+  return dim;
+}
+
+}  // namespace skip
+}  // namespace sdkernels
