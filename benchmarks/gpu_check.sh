@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# One-shot check for a lent GPU machine (torch 2.11, triton 3.6, 16 cores, no internet):
+#
+#   bash benchmarks/gpu_check.sh            # build, tests on CUDA, memcheck, default benchmark
+#   bash benchmarks/gpu_check.sh --dry-run  # no GPU needed: the script's logic, a tiny CPU benchmark (CI)
+#
+# Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 290); each
+# step's limit is min(its cap, time left - what the later steps need), caps/reserves in seconds:
+#   build 120 (leaves 165), import 30, tests 100 (leaves 120), memcheck 45 (leaves 90), bench the rest
+#   1. build   pip install --no-build-isolation --no-deps -e .  (FORCE_CUDA=1, the GPU's arch only)
+#   2. import  the cuda (and triton) backends are available
+#   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
+#   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
+#   5. bench   python -m benchmarks (the default suite; --time-limit keeps it inside the budget)
+# Logs, CSV, table and plots go to $OUT when set (at most 7 files: gpu_check.log, summary.txt,
+# <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png), else to a fresh folder under
+# benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
+set -u
+set -o pipefail
+
+DRY=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$arg' (valid: --dry-run, --help)" >&2; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 2
+PY="${PYTHON:-python3}"
+BUDGET="${GPU_CHECK_BUDGET:-290}"
+START=$(date +%s)
+if [ -n "${OUT:-}" ]; then
+    DEST="$OUT"
+else
+    DEST="$ROOT/benchmarks/results/tmp/gpu-check-$(date +%Y%m%d-%H%M%S)"
+fi
+mkdir -p "$DEST"
+LOG="$DEST/gpu_check.log"
+: > "$LOG"
+export SDKERNELS_IN_GPU_CHECK=1   # tests/test_benchmarks.py skips its own dry run of this script
+export PYTHONUNBUFFERED=1
+
+NAMES=(); STATUS=(); SECS=(); DETAIL=()
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+# run_step NAME CAP RESERVE CMD...: runs CMD under timeout min(CAP, time left - RESERVE).
+# Sets STEP_RC and STEP_OUT (the step's own log file).
+run_step() {
+    local name="$1" cap="$2" reserve="$3"; shift 3
+    [ "$DRY" = 1 ] && reserve=0   # the reserves size the GPU steps
+    local avail=$(( $(left) - reserve ))
+    local lim=$(( cap < avail ? cap : avail ))
+    STEP_OUT="$DEST/.step-$name.log"
+    : > "$STEP_OUT"
+    printf '\n===== %s (limit %ss) $ %s\n' "$name" "$lim" "$*" >> "$LOG"
+    if [ "$lim" -lt 5 ]; then
+        STEP_RC=124
+        echo "no time left in the budget" | tee -a "$LOG" > "$STEP_OUT"
+        return
+    fi
+    local t0=$(date +%s)
+    echo ">> [$name] $* (limit ${lim}s)"
+    timeout --signal=TERM --kill-after=10 "$lim" "$@" > "$STEP_OUT" 2>&1
+    STEP_RC=$?
+    cat "$STEP_OUT" >> "$LOG"
+    STEP_SECS=$(( $(date +%s) - t0 ))
+    echo "   rc=$STEP_RC in ${STEP_SECS}s" >> "$LOG"
+}
+
+# record NAME STATUS DETAIL
+record() {
+    NAMES+=("$1"); STATUS+=("$2"); SECS+=("${STEP_SECS:-0}"); DETAIL+=("$3")
+    echo "   [$1] $2 (${STEP_SECS:-0}s) $3"
+    if [ "$2" = "FAIL" ] || [ "$2" = "TIMEOUT" ]; then
+        echo "   ---- last lines of $1 ----"
+        tail -n 25 "$STEP_OUT" | sed 's/^/   | /'
+    fi
+}
+
+rc_status() {  # rc -> OK / TIMEOUT / FAIL
+    case "$1" in
+        0) echo OK ;;
+        124|137) echo TIMEOUT ;;
+        *) echo FAIL ;;
+    esac
+}
+
+# ---- 0. the script itself and the machine -----------------------------------------------------
+STEP_SECS=0
+if bash -n "$0"; then record syntax OK "bash -n"; else record syntax FAIL "bash -n"; fi
+{
+    echo "date: $(date -Is)  dry_run=$DRY  budget=${BUDGET}s  dest=$DEST"
+    command -v nvidia-smi >/dev/null && nvidia-smi -L
+    "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
+    "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
+} >> "$LOG" 2>&1
+head -n 4 "$LOG" | sed 's/^/   /'
+
+# ---- 1. build ----------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+    STEP_SECS=0; record build SKIP "dry run (uses the installed build)"
+else
+    export FORCE_CUDA=1
+    export MAX_JOBS="${MAX_JOBS:-16}"
+    if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+    if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+        # Only this GPU's architecture: half the compile time of 8.0;9.0.
+        ARCH=$("$PY" -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}')" 2>/dev/null)
+        [ -n "$ARCH" ] && export TORCH_CUDA_ARCH_LIST="$ARCH"
+    fi
+    echo "   FORCE_CUDA=$FORCE_CUDA CUDA_HOME=${CUDA_HOME:-} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} MAX_JOBS=$MAX_JOBS" >> "$LOG"
+    run_step build 120 165 "$PY" -m pip install --no-build-isolation --no-deps -e .
+    record build "$(rc_status $STEP_RC)" "pip install -e . (arch ${TORCH_CUDA_ARCH_LIST:-?})"
+fi
+
+# ---- 2. import ---------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+    IMPORT_CHECK="import sdkernels; b = sdkernels.available_backends(); print(b); assert 'cpu' in b, b"
+else
+    IMPORT_CHECK="import torch, sdkernels; b = sdkernels.available_backends(); print(b); assert torch.cuda.is_available(); assert 'cuda' in b, b; print('triton backend:', 'triton' in b)"
+fi
+run_step import 30 160 "$PY" -c "$IMPORT_CHECK"
+record import "$(rc_status $STEP_RC)" "backends $(grep -o "^(.*)" "$STEP_OUT" | head -n 1)"
+IMPORT_OK=$STEP_RC
+
+# ---- 3. tests ----------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+    STEP_SECS=0; record tests SKIP "dry run"
+elif [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record tests SKIP "sdkernels does not import"
+else
+    XDIST=()
+    if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); fi
+    # The CUDA-marked tests first: they are what only this machine can run (the
+    # rest runs in CI on CPU); then the rest of the suite with the time left.
+    run_step tests-cuda "${GPU_TESTS_CAP:-210}" 150 "$PY" -m pytest -q -ra -m "cuda and not triton_interpret" -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"}
+    SUMLINE=$(grep -E "[0-9]+ (passed|failed|error)" "$STEP_OUT" | tail -n 1)
+    record tests-cuda "$(rc_status $STEP_RC)" "${SUMLINE:-no pytest summary} ${XDIST[*]:+(xdist ${XDIST[*]})}"
+    run_step tests-rest "${GPU_REST_CAP:-90}" 120 "$PY" -m pytest -q -ra -m "not cuda and not triton_interpret" -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+    SUMLINE=$(grep -E "[0-9]+ (passed|failed|error)" "$STEP_OUT" | tail -n 1)
+    record tests-rest "$(rc_status $STEP_RC)" "${SUMLINE:-no pytest summary}"
+fi
+
+# ---- 4. memcheck -------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+    run_step memcheck 60 30 "$PY" benchmarks/sanitize_case.py --device cpu
+    record memcheck "$(rc_status $STEP_RC)" "dry run: sanitize_case.py on CPU, no sanitizer ($(tail -n 1 "$STEP_OUT" | cut -c1-60))"
+elif ! command -v compute-sanitizer >/dev/null 2>&1; then
+    STEP_SECS=0; record memcheck SKIP "compute-sanitizer not on PATH"
+elif [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record memcheck SKIP "sdkernels does not import"
+else
+    run_step memcheck 45 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        --error-exitcode 1 --leak-check no "$PY" benchmarks/sanitize_case.py --device cuda
+    ST=$(rc_status $STEP_RC)
+    if grep -q -E "Device not supported|device is not supported" "$STEP_OUT"; then ST=UNSUPPORTED; fi
+    ERRS=$(grep -o -E "ERROR SUMMARY: [0-9]+ errors?" "$STEP_OUT" | tail -n 1)
+    record memcheck "$ST" "${ERRS:-no sanitizer summary}; $(grep -E '^sanitize_case' "$STEP_OUT" | tail -n 1 | cut -c1-70)"
+fi
+
+# ---- 5. benchmark ------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+    # Tiny and compile-free (a cold torch.compile costs ~20 s on 2 cores): the logic, not the numbers.
+    BENCH=("$PY" -m benchmarks --quick --device cpu --sizes small --repeats 2 --out "$DEST" --name bench-dry-run
+           --providers eager_timm,eager_tv,sdk-reference,sdk-cpu,sdk-cuda,sdk-triton,copy,clone,add,scale --no-progress)
+    run_step bench 90 0 "${BENCH[@]}"
+else
+    TL=$(( $(left) - 30 ))
+    BENCH=("$PY" -m benchmarks --device cuda --out "$DEST" --no-progress --time-limit "$TL")
+    run_step bench 600 5 "${BENCH[@]}"
+fi
+CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | head -n 1)
+NROWS=0
+[ -n "$CSV" ] && NROWS=$(( $(wc -l < "$CSV") - 1 ))
+NPNG=$(ls "$DEST"/*.png 2>/dev/null | wc -l)
+BST=$(rc_status $STEP_RC)
+[ "$STEP_RC" = 130 ] && BST=PARTIAL
+record bench "$BST" "$NROWS rows in $(basename "${CSV:-none}"), $NPNG PNGs"
+
+# ---- summary -----------------------------------------------------------------------------------
+FAILED=0
+{
+    echo
+    echo "================ gpu_check summary ($( [ "$DRY" = 1 ] && echo 'DRY RUN' || echo GPU ), $(( $(date +%s) - START ))s of ${BUDGET}s) ================"
+    printf '%-9s %-11s %5s  %s\n' step status secs detail
+    for i in "${!NAMES[@]}"; do
+        printf '%-9s %-11s %5s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${DETAIL[$i]}"
+        case "${STATUS[$i]}" in FAIL|TIMEOUT) FAILED=1 ;; esac
+    done
+    if [ -n "$CSV" ]; then
+        echo
+        echo "headline ($(basename "$CSV")):"
+        "$PY" -m benchmarks.report "$CSV" --headline 2>/dev/null | cut -c1-230 | head -n 40
+    fi
+    echo
+    echo "files in $DEST: $(cd "$DEST" && ls | tr '\n' ' ')"
+} > "$DEST/summary.txt"
+rm -f "$DEST"/.step-*.log
+cat "$DEST/summary.txt" >> "$LOG"
+cat "$DEST/summary.txt"
+exit $FAILED

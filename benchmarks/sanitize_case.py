@@ -1,0 +1,121 @@
+"""A small forward+backward of every sdkernels kernel, for ``compute-sanitizer --tool memcheck``.
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \\
+        python benchmarks/sanitize_case.py                     # CUDA: backends cuda and triton
+    python benchmarks/sanitize_case.py --device cpu            # the same logic on the CPU backend
+
+Odd shapes (tails, one block spanning rows, sample_dim 1, channels_last),
+fp32/bf16/mixed dtypes, p in {0.5, 1}; both ops, forward and backward, each
+checked against ``sdkernels.reference`` with the same seeded draw.  With the
+caching allocator off (the variable above), an out-of-bounds access lands
+outside its allocation, where memcheck sees it.  Exit status 1 on a mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+SHAPES = [
+    ((7, 3, 5), 0, False),        # numel 105: tails everywhere
+    ((4, 197, 33), 0, False),     # rows longer than a block
+    ((5, 3, 17), 1, False),       # seq-first, sample_dim 1
+    ((3, 6, 5, 4), 0, True),      # channels_last
+    ((1, 1, 1), 0, False),        # one element
+]
+DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)]
+PS = (0.5, 1.0)
+
+
+def _tol(dt):
+    return (1.3e-6, 1e-5) if dt == torch.float32 else (8e-3, 8e-3)
+
+
+def run(device: str, backends) -> int:
+    import sdkernels
+    from sdkernels import reference
+
+    bad = 0
+    n = 0
+    for be in backends:
+        for shape, sd, cl in SHAPES:
+            for rd, bd in DTYPES:
+                for p in PS:
+                    g = torch.Generator(device="cpu").manual_seed(n)
+                    r = torch.randn(shape, generator=g).to(device=device, dtype=rd)
+                    b = torch.randn(shape, generator=g).to(device=device, dtype=bd)
+                    if cl:
+                        r = r.contiguous(memory_format=torch.channels_last)
+                        b = b.contiguous(memory_format=torch.channels_last)
+                    r.requires_grad_()
+                    b.requires_grad_()
+                    seed = 1000 + n
+                    gen = torch.Generator(device=device).manual_seed(seed)
+                    out = sdkernels.drop_path_add(r, b, p, sample_dim=sd, generator=gen, backend=be)
+                    go = torch.randn(out.shape, generator=g).to(device=device, dtype=out.dtype)
+                    gr, gb = torch.autograd.grad(out, (r, b), go)
+                    gen = torch.Generator(device=device).manual_seed(seed)
+                    ref = reference.drop_path_add(r, b, p, sample_dim=sd, generator=gen)
+                    rr, rb = torch.autograd.grad(ref, (r, b), go)
+                    xo = sdkernels.drop_path(b, p, sample_dim=sd, generator=torch.Generator(device=device).manual_seed(seed),
+                                             backend=be)
+                    (gx,) = torch.autograd.grad(xo, (b,), go.to(bd))
+                    xr = reference.drop_path(b, p, sample_dim=sd, generator=torch.Generator(device=device).manual_seed(seed))
+                    (gxr,) = torch.autograd.grad(xr, (b,), go.to(bd))
+                    pairs = [(out, ref), (gr, rr), (gb, rb), (xo, xr), (gx, gxr)]
+                    for k, (a, e) in enumerate(pairs):
+                        rtol, atol = _tol(a.dtype)
+                        if a.dtype != e.dtype or not torch.allclose(a.float(), e.float(), rtol=rtol, atol=atol):
+                            bad += 1
+                            print(f"MISMATCH backend={be} shape={shape} sample_dim={sd} channels_last={cl} "
+                                  f"dtypes={rd},{bd} p={p} output#{k}")
+                    n += 1
+    skip_path = getattr(sdkernels, "drop_path_residual", None)
+    if skip_path is not None:  # the skip path (issue 5), when it is there: memory safety only
+        lin = torch.nn.Linear(33, 33).to(device)
+        x = torch.randn(6, 7, 33, device=device, requires_grad=True)
+        from sdkernels.skip import available_skip_backends
+
+        for be in [b for b in backends if b in available_skip_backends()]:
+            try:
+                y = skip_path(x, lin, 0.5, backend=be)
+            except TypeError:
+                y = skip_path(x, lin, 0.5)
+            y.sum().backward()
+            n += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print(f"sanitize_case: {n} cases on {device} (backends {', '.join(backends)}): "
+          f"{'all match the reference' if not bad else f'{bad} MISMATCHES'}")
+    return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--backends", default=None, help="comma list (default: every available backend for the device)")
+    a = ap.parse_args(argv)
+    import sdkernels
+    from sdkernels import functional
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("sanitize_case: no CUDA device", file=sys.stderr)
+        return 2
+    if a.backends:
+        backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    else:
+        backends = []
+        for name in sdkernels.available_backends():
+            be = functional._BACKENDS[name]
+            if name != "reference" and (be.devices is None or a.device in be.devices):
+                backends.append(name)
+    if not backends:
+        print(f"sanitize_case: no sdkernels backend for {a.device}; available: {sdkernels.available_backends()}",
+              file=sys.stderr)
+        return 2
+    return run(a.device, backends)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

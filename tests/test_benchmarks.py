@@ -1,0 +1,300 @@
+"""The benchmark suite: byte counting, name checks, rows, CSV -> plot round trip, and the GPU check's dry run."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import cli, opsuite, plot, providers as P, report, sizes as S  # noqa: E402
+
+N = 64 * 197 * 768
+F32, BF16 = torch.float32, torch.bfloat16
+
+
+# ------------------------------------------------------------------ bytes ----
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_bytes_same_dtype(p):
+    d = (F32, F32, F32)
+    mb = lambda prov, mode, dev="cuda": P.moved_bytes(prov, "drop_path_add", mode, N, d, p, dev)  # noqa: E731
+    # fused: residual read, out written, kept rows of branch read; backward: kept grad rows read, grad_branch written
+    assert mb("sdk-cuda", "fwd") == pytest.approx(N * 4 * (2 + (1 - p)))
+    assert mb("sdk-cpu", "fwd-nograd") == pytest.approx(N * 4 * (2 + (1 - p)))
+    assert mb("sdk-triton", "bwd") == pytest.approx(N * 4 * (1 + (1 - p)))
+    assert mb("sdk-cpu", "fwd+bwd") == pytest.approx(N * 4 * (3 + 2 * (1 - p)))
+    # eager: mul reads+writes, add reads two, writes one; backward one mul
+    assert mb("eager_timm", "fwd") == pytest.approx(5 * N * 4)
+    assert mb("eager_tv", "bwd") == pytest.approx(2 * N * 4)
+    # compile: one fused kernel that still reads every branch row
+    assert mb("compile", "fwd") == pytest.approx(3 * N * 4)
+    assert mb("compile", "bwd") == pytest.approx(2 * N * 4)
+    # the best a large tensor can gain over eager: 5 / (3 - p)
+    assert mb("eager_timm", "fwd") / mb("sdk-cuda", "fwd") == pytest.approx(5 / (3 - p))
+    # baselines
+    assert mb("copy", "copy") == 2 * N * 4
+    assert mb("add", "fwd") == 3 * N * 4
+    assert mb("scale", "bwd") == 2 * N * 4
+    assert math.isnan(mb("sdk-reference", "fwd"))
+
+
+def test_bytes_mixed_dtype():
+    d = (F32, BF16, F32)  # autocast: fp32 residual, bf16 branch, fp32 out
+    p = 0.1
+    mb = lambda prov, mode, dev: P.moved_bytes(prov, "drop_path_add", mode, N, d, p, dev)  # noqa: E731
+    assert mb("sdk-cuda", "fwd", "cuda") == pytest.approx(N * (4 + 4 + 0.9 * 2))
+    assert mb("sdk-cuda", "bwd", "cuda") == pytest.approx(N * (0.9 * 4 + 2))
+    # eager on CUDA: bf16 mul (2+2), add reads 4+2 writes 4; on CPU TensorIterator also casts the product (2+4)
+    assert mb("eager_timm", "fwd", "cuda") == pytest.approx(N * (2 + 2 + 4 + 2 + 4))
+    assert mb("eager_timm", "fwd", "cpu") == pytest.approx(N * (14 + 6))
+    # eager backward: fp32 grad cast to bf16 for the add's bf16 input, then the bf16 mul
+    assert mb("eager_timm", "bwd", "cuda") == pytest.approx(N * (4 + 2 + 2 + 2))
+    assert mb("compile", "fwd", "cpu") == pytest.approx(N * (4 + 2 + 4))
+    # residual in bf16, branch fp32: the residual's gradient needs a cast (fp32 -> bf16) in the fused path
+    d2 = (BF16, F32, F32)
+    assert P.moved_bytes("sdk-cuda", "drop_path_add", "bwd", N, d2, p, "cuda") == pytest.approx(N * (0.9 * 4 + 4 + 4 + 2))
+
+
+def test_bytes_drop_path_alone():
+    d = (BF16, BF16, BF16)
+    assert P.moved_bytes("sdk-cuda", "drop_path", "fwd", N, d, 0.5, "cuda") == pytest.approx(N * 2 * 1.5)
+    assert P.moved_bytes("eager_timm", "drop_path", "fwd", N, d, 0.5, "cuda") == pytest.approx(N * 2 * 2)
+    assert P.moved_bytes("compile", "drop_path", "bwd", N, d, 0.5, "cuda") == pytest.approx(N * 2 * 2)
+
+
+@pytest.mark.parametrize("dt", list(S.DTYPES))
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd+bwd"])
+def test_fused_never_moves_more(dt, mode):
+    r, b = S.DTYPES[dt]
+    d = (r, b, torch.promote_types(r, b))
+    for p in (0.0, 0.1, 0.5, 1.0):
+        for dev in ("cpu", "cuda"):
+            fused = P.moved_bytes("sdk-cpu", "drop_path_add", mode, N, d, p, dev)
+            assert fused <= P.moved_bytes("compile", "drop_path_add", mode, N, d, p, dev)
+            assert P.moved_bytes("compile", "drop_path_add", mode, N, d, p, dev) <= \
+                P.moved_bytes("eager_timm", "drop_path_add", mode, N, d, p, dev)
+
+
+# ------------------------------------------------------------------ names ----
+
+def test_parse_names_lists_valid():
+    assert S.parse_names("size", "vit-b, small", list(S.SIZES)) == ["vit-b", "small"]
+    with pytest.raises(ValueError) as e:
+        S.parse_names("size", "vit-b,vit-xxl", list(S.SIZES))
+    msg = str(e.value)
+    assert "'vit-xxl'" in msg and "valid size names" in msg and "resnet50-cl" in msg and "llm" in msg
+
+
+@pytest.mark.parametrize("flag,bad,valid", [
+    ("--sizes", "vit-b,huge", "vit-l"),
+    ("--providers", "eager_timm,fast", "sdk-cpu"),
+    ("--suite", "bogus", "blocks"),
+    ("--dtypes", "fp8", "fp32+bf16"),
+    ("--modes", "sideways", "fwd+bwd"),
+    ("--ops", "layernorm", "drop_path_add"),
+])
+def test_cli_unknown_names(flag, bad, valid, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([flag, bad, "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown" in err and valid in err
+
+
+def test_cli_bad_ps(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--ps", "0.1,1.5"])
+    assert "outside [0, 1]" in capsys.readouterr().err
+
+
+def test_cli_list(capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vit-l", "256x197x1024", "sample_dim=1", "channels_last", "eager_tv", "compile", "sdk-cpu", "copy"):
+        assert name in out
+
+
+def test_blocks_suite_needs_module(capsys):
+    try:
+        import benchmarks.blocks  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--suite", "blocks", "--no-progress"])
+        assert e.value.code == 2
+        assert "blocks.py" in capsys.readouterr().err
+    else:
+        from benchmarks import blocks
+
+        assert callable(blocks.run_block_suite)
+
+
+def test_cases_from():
+    cpu = S.cases_from("cpu")
+    names = [c.name for c in cpu]
+    # the issue's CPU goal sizes are in the CPU default
+    for want in ("small/fp32", "vit-b-half/fp32", "vit-b/fp32", "vit-b/bf16"):
+        assert want in names
+    assert not any(c.size.name in ("vit-l", "resnet50", "llm") for c in cpu)
+    gpu = [c.name for c in S.cases_from("cuda")]
+    for want in ("vit-l/bf16", "vit-l/fp32", "llm/bf16", "resnet50-cl/bf16", "small/fp32"):
+        assert want in gpu
+    assert [c.name for c in S.cases_from("cpu", ["llm"], ["bf16", "fp32"])] == ["llm/bf16", "llm/fp32"]
+    assert S.SIZES["llm"].sample_dim == 1
+
+
+# ------------------------------------------------------------- providers ----
+
+def test_unavailable_providers_are_skipped_rows():
+    case = S.Case(S.SIZES["small"], "fp32")
+    plans = opsuite.plan_ops(["drop_path_add"], [case], ["sdk-cuda", "sdk-triton"], ["fwd"], [0.5])
+    rows = opsuite.run_ops(plans, "cpu", repeats=1)
+    assert len(rows) == 2
+    for r in rows:
+        assert r["status"] == "skipped" and r["time_ms"] is None and r["note"]
+
+
+def test_run_ops_measures_and_reports_errors(monkeypatch):
+    case = S.Case(S.SIZES["small"], "fp32")
+    plans = opsuite.plan_ops(["drop_path_add"], [case], ["eager_timm", "sdk-cpu", "copy", "add", "scale"],
+                             ["fwd", "bwd", "fwd+bwd"], [0.5])
+    rows = opsuite.run_ops(plans, "cpu", repeats=1)
+    assert {r["provider"] for r in rows} == {"eager_timm", "sdk-cpu", "copy", "add", "scale"}
+    assert all(r["status"] == "ok" and r["time_ms"] > 0 for r in rows), [r for r in rows if r["status"] != "ok"]
+    assert len(rows) == 3 + 2 * 3
+
+    real = P.make_forward
+
+    def broken(provider, *a, **k):
+        if provider == "sdk-cpu":
+            raise RuntimeError("planted failure")
+        return real(provider, *a, **k)
+
+    monkeypatch.setattr(P, "make_forward", broken)
+    rows = opsuite.run_ops(opsuite.plan_ops(["drop_path_add"], [case], ["sdk-cpu", "eager_timm"], ["fwd"], [0.5]),
+                           "cpu", repeats=1)
+    assert rows[0]["status"] == "error" and "planted failure" in rows[0]["note"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_eager_seq_first_matches_reference_draw():
+    # seq-first eager code drops whole samples along dim 1, like the fused op
+    x = torch.randn(5, 6, 7)
+    r = torch.zeros(5, 6, 7)
+    torch.manual_seed(3)
+    out = P.eager_timm_add(r, x, 0.5, 1)
+    for s in range(6):  # each sample (a column of dim 1) is all dropped or all kept and scaled by 2
+        col = out[:, s]
+        assert torch.equal(col, torch.zeros_like(col)) or torch.allclose(col, x[:, s] * 2)
+    # with the draw along dim 0 instead, some column would mix kept and dropped rows: check the test can fail
+    torch.manual_seed(3)
+    wrong = P.eager_timm_add(r, x, 0.5, 0)
+    assert not all(torch.equal(wrong[:, s], torch.zeros_like(wrong[:, s])) or torch.allclose(wrong[:, s], x[:, s] * 2)
+                   for s in range(6))
+
+
+# ------------------------------------------------------- rows, CSV, plot ----
+
+def _rows():
+    base = dict(suite="ops", op="drop_path_add", size="vit-b", shape="64x197x768", dtype="fp32", sample_dim=0,
+                layout="contiguous", status="ok")
+    b = 64 * 197 * 768 * 4
+    rows = [
+        dict(base, provider="copy", mode="copy", p=None, time_ms=2.0, bytes=2 * b),
+        dict(base, provider="add", mode="fwd", p=None, time_ms=3.0, bytes=3 * b),
+        dict(base, provider="eager_timm", mode="fwd", p=0.1, time_ms=5.0, bytes=5 * b, requires_grad=True),
+        dict(base, provider="compile", mode="fwd", p=0.1, time_ms=4.0, bytes=3 * b, requires_grad=True),
+        dict(base, provider="sdk-cpu", mode="fwd", p=0.1, time_ms=2.5, bytes=2.9 * b, requires_grad=True,
+             peak_mem_mb=77.2, mem_method="cpu_rss_hwm_estimate"),
+        dict(base, provider="sdk-cuda", mode="fwd", p=0.1, status="skipped", time_ms=None, note="no GPU"),
+        dict(suite="e2e", op="vit_b_block", size="vit-b-block", shape="8x197x768", dtype="fp32", provider="eager",
+             mode="step", p=0.1, status="ok", time_ms=400.0, batch=8),
+        dict(suite="e2e", op="vit_b_block", size="vit-b-block", shape="8x197x768", dtype="fp32", provider="sdk-fused",
+             mode="step", p=0.1, status="ok", time_ms=390.0, batch=8),
+    ]
+    return rows
+
+
+def test_finish_rows_derives_columns():
+    rows = report.finish_rows(_rows(), report.environment("cpu"))
+    by = {(r["suite"], r["provider"]): r for r in rows}
+    copy_gbps = 2 * 64 * 197 * 768 * 4 / 2e-3 / 1e9
+    assert by[("ops", "copy")]["gbps"] == pytest.approx(copy_gbps)
+    sdk = by[("ops", "sdk-cpu")]
+    assert sdk["gbps"] == pytest.approx(2.9 * 64 * 197 * 768 * 4 / 2.5e-3 / 1e9)
+    assert sdk["frac_copy"] == pytest.approx(sdk["gbps"] / copy_gbps)
+    assert sdk["speedup_vs_eager"] == pytest.approx(2.0)
+    assert sdk["speedup_vs_compile"] == pytest.approx(1.6)
+    assert by[("ops", "add")]["speedup_vs_eager"] is None  # baselines have no p
+    assert by[("ops", "sdk-cuda")]["gbps"] is None
+    assert by[("e2e", "sdk-fused")]["speedup_vs_eager"] == pytest.approx(400 / 390)
+    assert by[("e2e", "sdk-fused")]["items_per_s"] == pytest.approx(8 / 0.39)
+    for r in rows:
+        assert r["device"] == "cpu" and r["torch"] == torch.__version__ and r["date"]
+    with pytest.raises(ValueError, match="required"):
+        report.finish_rows([{"suite": "ops"}], report.environment("cpu"))
+
+
+def test_csv_plot_round_trip(tmp_path):
+    rows = report.finish_rows(_rows(), report.environment("cpu"))
+    path = report.write_csv(rows, str(tmp_path / "cpu-test.csv"))
+    back = report.read_csv(path)
+    assert len(back) == len(rows)
+    for a, b in zip(rows, back):
+        for k in report.FIELDS:
+            va, vb = a[k], b[k]
+            if isinstance(va, float):
+                assert vb == pytest.approx(va, rel=1e-5), k
+            else:
+                assert vb == va, (k, va, vb)
+    # the plots come from the CSV alone, into another folder
+    assert plot.main([path, "--out", str(tmp_path / "png")]) == 0
+    pngs = sorted(os.listdir(tmp_path / "png"))
+    assert pngs == ["cpu-test-bandwidth.png", "cpu-test-e2e.png", "cpu-test-speedup.png"]
+    for name in pngs:
+        with open(tmp_path / "png" / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    table = report.format_table(back, back[0])
+    assert "sdk-cpu" in table and "skipped providers" in table and "no GPU" in table
+    assert "sdk-cpu" in report.headline(back)
+
+
+def test_output_stem_never_overwrites(tmp_path):
+    env = report.environment("cpu")
+    s1 = report.output_stem(env, str(tmp_path))
+    assert os.path.basename(s1) == f"cpu-{env['date']}"
+    open(s1 + ".csv", "w").close()
+    s2 = report.output_stem(env, str(tmp_path))
+    assert s2 == s1 + "-2"
+
+
+# ------------------------------------------------------------ GPU check ----
+
+@pytest.mark.skipif(os.environ.get("SDKERNELS_IN_GPU_CHECK") == "1", reason="running inside gpu_check.sh itself")
+def test_gpu_check_dry_run(tmp_path):
+    """The one-shot GPU script's logic, bash -n, sanitize_case on CPU and a tiny CPU benchmark, in < 60 s."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, GPU_CHECK_BUDGET="120")
+    env.pop("SDKERNELS_IN_GPU_CHECK", None)
+    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=180)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "gpu_check summary (DRY RUN" in out
+    for step in ("syntax", "build", "import", "tests", "memcheck", "bench"):
+        assert step in out
+    files = os.listdir(tmp_path)
+    assert {"gpu_check.log", "summary.txt", "bench-dry-run.csv", "bench-dry-run-speedup.png"} <= set(files), files
+    assert len(files) <= 8  # the device tool brings back at most 8 files
+    rows = report.read_csv(str(tmp_path / "bench-dry-run.csv"))
+    ok = {(r["provider"], r["mode"]) for r in rows if r["status"] == "ok"}
+    assert ("sdk-cpu", "fwd") in ok and ("eager_timm", "bwd") in ok and ("copy", "copy") in ok
+    assert any(r["status"] == "skipped" and r["provider"] == "sdk-cuda" for r in rows)
+
+
+def test_gpu_check_rejects_unknown_flag():
+    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--bogus"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "--dry-run" in res.stderr
