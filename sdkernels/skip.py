@@ -261,7 +261,9 @@ def _register_triton():
             raise IndexError(f"sdkernels: sample_dim {sample_dim} is out of range for a tensor of {nd} dims")
         return sample_dim % nd
 
-    def scaled_index_add_triton(residual, src, index, sample_dim, alpha):
+    def scaled_index_add_triton(
+        residual: torch.Tensor, src: torch.Tensor, index: torch.Tensor, sample_dim: int, alpha: float
+    ) -> torch.Tensor:
         check(residual, "residual")
         check(src, "src")
         if residual.device != src.device:
@@ -293,7 +295,9 @@ def _register_triton():
         tk.launch_scaled_index_add(out, r, s, inv, alpha, n, inner, k, wrap=wrap)
         return out
 
-    def index_scale_triton(grad, index, sample_dim, alpha, dtype=None):
+    def index_scale_triton(
+        grad: torch.Tensor, index: torch.Tensor, sample_dim: int, alpha: float, dtype: Optional[torch.dtype] = None
+    ) -> torch.Tensor:
         check(grad, "grad")
         out_dtype = grad.dtype if dtype is None else dtype
         if not out_dtype.is_floating_point:
@@ -319,7 +323,10 @@ def _register_triton():
             op = torch.library.custom_op(name, fn, mutates_args=(), schema=schema)
             op.register_fake(fn)
         else:
-            torch.library.triton_op(name, fn, mutates_args=(), schema=schema)
+            try:
+                torch.library.triton_op(name, fn, mutates_args=(), schema=schema)
+            except TypeError:  # older torch: no schema argument; inferred from the annotations
+                torch.library.triton_op(name, fn, mutates_args=())
     register_index_autograd("sdkernels::scaled_index_add_triton", "sdkernels::index_scale_triton")
     return (
         torch.ops.sdkernels.scaled_index_add_triton.default,
