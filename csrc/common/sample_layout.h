@@ -10,6 +10,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace sdkernels {
 
 struct SampleLayout {
@@ -18,11 +20,24 @@ struct SampleLayout {
   int64_t inner = 1;  // contiguous elements per (outer, sample) row
 };
 
+// "[4, 5]" for error messages.  Messages here are built with std::to_string
+// rather than by streaming integers or an IntArrayRef into TORCH_CHECK: such a
+// message thrown from the nvcc-compiled CUDA entry points crashed the process
+// on an H200 (torch 2.11) instead of raising (seen for the shape message).
+inline std::string shape_str(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(sizes[i]);
+  }
+  return s + "]";
+}
+
 inline int64_t wrap_sample_dim(int64_t sample_dim, int64_t ndim) {
   TORCH_CHECK_INDEX(ndim >= 1, "sdkernels: a 0-dim tensor has no sample dim");
   TORCH_CHECK_INDEX(sample_dim >= -ndim && sample_dim < ndim,
-                    "sdkernels: sample_dim ", sample_dim,
-                    " is out of range for a tensor of ", ndim, " dims");
+                    "sdkernels: sample_dim " + std::to_string(sample_dim) +
+                        " is out of range for a tensor of " + std::to_string(ndim) + " dims");
   return sample_dim < 0 ? sample_dim + ndim : sample_dim;
 }
 
@@ -80,8 +95,8 @@ inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
                    "sdkernels: scale must be float32 or float64, got ",
                    scale.scalar_type());
   TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == n || scale.numel() == 1),
-                    "sdkernels: scale must hold one value per sample (", n,
-                    ") or a single value, got shape ", scale.sizes());
+                    "sdkernels: scale must hold one value per sample (" + std::to_string(n) +
+                        ") or a single value, got shape " + shape_str(scale.sizes()));
   TORCH_CHECK_VALUE(scale.device() == device, "sdkernels: scale is on ",
                     scale.device(), " but the input is on ", device);
   return scale.contiguous();

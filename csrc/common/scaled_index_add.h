@@ -70,7 +70,7 @@ inline void check_index_meta(const at::Tensor& index, const at::Device& device) 
   TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "sdkernels: index must be int64, got ",
                    index.scalar_type());
   TORCH_CHECK_VALUE(index.dim() == 1, "sdkernels: index must be 1-D, got shape ",
-                    index.sizes());
+                    shape_str(index.sizes()));
   TORCH_CHECK_VALUE(index.device() == device, "sdkernels: index is on ", index.device(),
                     " but the tensors are on ", device);
 }
@@ -85,16 +85,18 @@ inline int64_t check_add_args(const at::Tensor& residual, const at::Tensor& src,
   TORCH_CHECK_VALUE(residual.device() == src.device(), "sdkernels: residual is on ",
                     residual.device(), " but src is on ", src.device());
   const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
-  TORCH_CHECK_VALUE(src.dim() == residual.dim(), "sdkernels: src must have residual's ",
-                    residual.dim(), " dims, got shape ", src.sizes());
+  TORCH_CHECK_VALUE(src.dim() == residual.dim(), "sdkernels: src must have residual's " +
+                        std::to_string(residual.dim()) + " dims, got shape " + shape_str(src.sizes()));
   for (int64_t d = 0; d < residual.dim(); ++d) {
     TORCH_CHECK_VALUE(d == dim || src.size(d) == residual.size(d),
-                      "sdkernels: src must match residual's shape except along sample_dim ",
-                      dim, ", got ", src.sizes(), " and ", residual.sizes());
+                      "sdkernels: src must match residual's shape except along sample_dim " +
+                          std::to_string(dim) + ", got " + shape_str(src.sizes()) + " and " +
+                          shape_str(residual.sizes()));
   }
   check_index_meta(index, residual.device());
-  TORCH_CHECK_VALUE(src.size(dim) == index.numel(), "sdkernels: src has ", src.size(dim),
-                    " samples along dim ", dim, " but index has ", index.numel(), " entries");
+  TORCH_CHECK_VALUE(src.size(dim) == index.numel(), "sdkernels: src has " + std::to_string(src.size(dim)) +
+                        " samples along dim " + std::to_string(dim) + " but index has " +
+                        std::to_string(index.numel()) + " entries");
   return dim;
 }
 

@@ -309,7 +309,7 @@ at::Tensor scaled_residual_add_cuda(const at::Tensor& residual, const at::Tensor
   check_supported(branch.scalar_type(), "branch");
   TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
                     "sdkernels: residual and branch must have the same shape, got ",
-                    residual.sizes(), " and ", branch.sizes());
+                    shape_str(residual.sizes()), " and ", shape_str(branch.sizes()));
   TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on ", residual.device(),
                     ", expected a CUDA device");
   TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
