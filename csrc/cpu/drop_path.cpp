@@ -72,20 +72,68 @@ inline c10::BFloat16 from_acc<c10::BFloat16, double>(double v) {
   return c10::BFloat16(static_cast<float>(v));  // rare (fp64 math, bf16 out): exact rounding via c10
 }
 
+// The row loops are compiled twice: for the baseline ISA and, on x86-64, for
+// AVX2 (chosen at run time).  AVX2 only, not FMA, so that r + b * m is still
+// rounded twice, as the reference computes it.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SDK_HAS_AVX2_CLONE 1
+#define SDK_TARGET_AVX2 __attribute__((target("avx2")))
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#else
+#define SDK_HAS_AVX2_CLONE 0
+#define SDK_TARGET_AVX2
+inline bool cpu_has_avx2() { return false; }
+#endif
+
+#define SDK_FUSED_ROW_BODY                                                      \
+  for (int64_t k = 0; k < len; ++k) {                                         \
+    o[k] = from_acc<O, acc_t>(to_acc<acc_t>(r[k]) + to_acc<acc_t>(b[k]) * m); \
+  }
+#define SDK_SCALE_ROW_BODY                                \
+  for (int64_t k = 0; k < len; ++k) {                   \
+    o[k] = from_acc<O, acc_t>(to_acc<acc_t>(x[k]) * m); \
+  }
+
+template <typename R, typename B, typename O, typename acc_t>
+void fused_row_base(const R* __restrict r, const B* __restrict b, O* __restrict o, int64_t len,
+                    acc_t m) {
+  SDK_FUSED_ROW_BODY
+}
+template <typename R, typename B, typename O, typename acc_t>
+SDK_TARGET_AVX2 void fused_row_avx2(const R* __restrict r, const B* __restrict b,
+                                    O* __restrict o, int64_t len, acc_t m) {
+  SDK_FUSED_ROW_BODY
+}
+template <typename X, typename O, typename acc_t>
+void scale_row_base(const X* __restrict x, O* __restrict o, int64_t len, acc_t m) {
+  SDK_SCALE_ROW_BODY
+}
+template <typename X, typename O, typename acc_t>
+SDK_TARGET_AVX2 void scale_row_avx2(const X* __restrict x, O* __restrict o, int64_t len,
+                                    acc_t m) {
+  SDK_SCALE_ROW_BODY
+}
+
 // out[0:len] = r + b * m, math in acc_t.
 template <typename R, typename B, typename O, typename acc_t>
-inline void fused_row(const R* __restrict r, const B* __restrict b, O* __restrict o, int64_t len,
-                      acc_t m) {
-  for (int64_t k = 0; k < len; ++k) {
-    o[k] = from_acc<O, acc_t>(to_acc<acc_t>(r[k]) + to_acc<acc_t>(b[k]) * m);
+inline void fused_row(const R* r, const B* b, O* o, int64_t len, acc_t m, bool avx2) {
+  if (SDK_HAS_AVX2_CLONE && avx2) {
+    fused_row_avx2<R, B, O, acc_t>(r, b, o, len, m);
+  } else {
+    fused_row_base<R, B, O, acc_t>(r, b, o, len, m);
   }
 }
 
 // out[0:len] = x * m, math in acc_t.
 template <typename X, typename O, typename acc_t>
-inline void scale_row(const X* __restrict x, O* __restrict o, int64_t len, acc_t m) {
-  for (int64_t k = 0; k < len; ++k) {
-    o[k] = from_acc<O, acc_t>(to_acc<acc_t>(x[k]) * m);
+inline void scale_row(const X* x, O* o, int64_t len, acc_t m, bool avx2) {
+  if (SDK_HAS_AVX2_CLONE && avx2) {
+    scale_row_avx2<X, O, acc_t>(x, o, len, m);
+  } else {
+    scale_row_base<X, O, acc_t>(x, o, len, m);
   }
 }
 
@@ -139,13 +187,14 @@ void residual_add_typed(const at::Tensor& r, const at::Tensor& b, at::Tensor& ou
   c10::SmallVector<char, 64> kept;
   multipliers<acc_t>(scale, alpha, m, kept);
   const bool one = scale.numel() == 1;
+  const bool avx2 = cpu_has_avx2();
   const R* rp = r.const_data_ptr<R>();
   const B* bp = b.const_data_ptr<B>();
   O* op = out.mutable_data_ptr<O>();
   at::parallel_for(0, L.numel, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
     for_each_row_segment(L, lo, hi, one, [&](int64_t i, int64_t e, int64_t s) {
       if (kept[s]) {
-        fused_row<R, B, O, acc_t>(rp + i, bp + i, op + i, e - i, m[s]);
+        fused_row<R, B, O, acc_t>(rp + i, bp + i, op + i, e - i, m[s], avx2);
       } else {
         copy_convert<R, O, acc_t>(rp + i, op + i, e - i);
       }
@@ -161,12 +210,13 @@ void sample_scale_typed(const at::Tensor& x, at::Tensor& out, const at::Tensor& 
   c10::SmallVector<char, 64> kept;
   multipliers<acc_t>(scale, alpha, m, kept);
   const bool one = scale.numel() == 1;
+  const bool avx2 = cpu_has_avx2();
   const X* xp = x.const_data_ptr<X>();
   O* op = out.mutable_data_ptr<O>();
   at::parallel_for(0, L.numel, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
     for_each_row_segment(L, lo, hi, one, [&](int64_t i, int64_t e, int64_t s) {
       if (kept[s]) {
-        scale_row<X, O, acc_t>(xp + i, op + i, e - i, m[s]);
+        scale_row<X, O, acc_t>(xp + i, op + i, e - i, m[s], avx2);
       } else {
         std::memset(static_cast<void*>(op + i), 0, sizeof(O) * (e - i));
       }
