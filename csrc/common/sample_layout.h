@@ -81,12 +81,15 @@ inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
 
 // Checks shared by every backend's entry point.  Error types follow PyTorch:
 // ValueError for values, TypeError for dtypes, IndexError for dims.
-inline void check_float(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
+inline void check_float_dtype(at::ScalarType st, const char* name) {
   TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
                    "sdkernels: ", name,
-                   " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
+                   " must be a floating-point type (float16, bfloat16, float32 or float64), got ",
                    st);
+}
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  check_float_dtype(t.scalar_type(), name);
 }
 
 inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
@@ -100,6 +103,57 @@ inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
   TORCH_CHECK_VALUE(scale.device() == device, "sdkernels: scale is on ",
                     scale.device(), " but the input is on ", device);
   return scale.contiguous();
+}
+
+// One call's work, planned the same way by every backend: arguments checked,
+// the output allocated (empty_like of the first input: its memory format),
+// inputs in the output's layout (copied only when their layout differs), and
+// the [outer, n, inner] view.  A CUDA caller sets its device guard first.
+struct ResidualAddPlan {
+  at::Tensor out, residual, branch, scale;
+  SampleLayout layout;
+};
+
+inline ResidualAddPlan plan_residual_add(const at::Tensor& residual, const at::Tensor& branch,
+                                         const at::Tensor& scale, int64_t sample_dim) {
+  check_float(residual, "residual");
+  check_float(branch, "branch");
+  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
+                    "sdkernels: residual and branch must have the same shape, got " +
+                        shape_str(residual.sizes()) + " and " + shape_str(branch.sizes()));
+  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
+                    residual.device(), " but branch is on ", branch.device());
+  const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
+  ResidualAddPlan P;
+  P.scale = checked_scale(scale, residual.size(dim), residual.device());
+  const auto out_dtype = at::promote_types(residual.scalar_type(), branch.scalar_type());
+  P.out = at::empty_like(residual, residual.options().dtype(out_dtype));
+  if (P.out.numel() == 0) return P;
+  P.residual = match_strides(residual, P.out);
+  P.branch = match_strides(branch, P.out);
+  P.layout = plan_layout(P.out, dim);
+  return P;
+}
+
+struct SampleScalePlan {
+  at::Tensor out, x, scale;
+  SampleLayout layout;
+};
+
+inline SampleScalePlan plan_sample_scale(const at::Tensor& x, const at::Tensor& scale,
+                                         int64_t sample_dim,
+                                         std::optional<at::ScalarType> dtype) {
+  check_float(x, "x");
+  const auto out_dtype = dtype.has_value() ? *dtype : x.scalar_type();
+  check_float_dtype(out_dtype, "dtype");
+  const int64_t dim = wrap_sample_dim(sample_dim, x.dim());
+  SampleScalePlan P;
+  P.scale = checked_scale(scale, x.size(dim), x.device());
+  P.out = at::empty_like(x, x.options().dtype(out_dtype));
+  if (P.out.numel() == 0) return P;
+  P.x = match_strides(x, P.out);
+  P.layout = plan_layout(P.out, dim);
+  return P;
 }
 
 }  // namespace sdkernels

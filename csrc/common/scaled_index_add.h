@@ -60,9 +60,7 @@ inline at::Tensor to_layout(const at::Tensor& t, const at::Tensor& like) {
 
 // fp16, bf16, fp32 or fp64 (check_float also admits the fp8 types).
 inline void check_supported(at::ScalarType t, const char* name) {
-  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
-                   "sdkernels: ", name, " must be float16, bfloat16, float32 or float64, got ",
-                   t);
+  check_float_dtype(t, name);
 }
 
 // index: int64, 1-D, on `device` (values are checked by each backend).

@@ -229,25 +229,13 @@ void sample_scale_typed(const at::Tensor& x, at::Tensor& out, const at::Tensor& 
 
 at::Tensor scaled_residual_add_cpu(const at::Tensor& residual, const at::Tensor& branch,
                                    const at::Tensor& scale, int64_t sample_dim, double alpha) {
-  check_float(residual, "residual");
-  check_float(branch, "branch");
-  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
-                    "sdkernels: residual and branch must have the same shape, got ",
-                    residual.sizes(), " and ", branch.sizes());
-  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
-                    residual.device(), " but branch is on ", branch.device());
-  const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
-  const at::Tensor sc = checked_scale(scale, residual.size(dim), residual.device());
-  const auto out_dtype = at::promote_types(residual.scalar_type(), branch.scalar_type());
-  at::Tensor out = at::empty_like(residual, residual.options().dtype(out_dtype));
+  const ResidualAddPlan P = plan_residual_add(residual, branch, scale, sample_dim);
+  at::Tensor out = P.out;
   if (out.numel() == 0) return out;
-  const at::Tensor r = match_strides(residual, out);
-  const at::Tensor b = match_strides(branch, out);
-  const SampleLayout L = plan_layout(out, dim);
-  SDK_DISPATCH_FLOAT(r.scalar_type(), "scaled_residual_add_cpu", [&] {
+  SDK_DISPATCH_FLOAT(P.residual.scalar_type(), "scaled_residual_add_cpu", [&] {
     using R = scalar_t;
-    SDK_DISPATCH_FLOAT(b.scalar_type(), "scaled_residual_add_cpu", [&] {
-      residual_add_typed<R, scalar_t>(r, b, out, sc, alpha, L);
+    SDK_DISPATCH_FLOAT(P.branch.scalar_type(), "scaled_residual_add_cpu", [&] {
+      residual_add_typed<R, scalar_t>(P.residual, P.branch, out, P.scale, alpha, P.layout);
     });
   });
   return out;
@@ -255,22 +243,13 @@ at::Tensor scaled_residual_add_cpu(const at::Tensor& residual, const at::Tensor&
 
 at::Tensor sample_scale_cpu(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
                             double alpha, std::optional<at::ScalarType> dtype) {
-  check_float(x, "x");
-  const auto out_dtype = dtype.has_value() ? *dtype : x.scalar_type();
-  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf ||
-                       out_dtype == at::kBFloat16 || out_dtype == at::kDouble,
-                   "sdkernels: dtype must be a floating-point type (float16, bfloat16, float32 "
-                   "or float64), got ", out_dtype);
-  const int64_t dim = wrap_sample_dim(sample_dim, x.dim());
-  const at::Tensor sc = checked_scale(scale, x.size(dim), x.device());
-  at::Tensor out = at::empty_like(x, x.options().dtype(out_dtype));
+  const SampleScalePlan P = plan_sample_scale(x, scale, sample_dim, dtype);
+  at::Tensor out = P.out;
   if (out.numel() == 0) return out;
-  const at::Tensor xs = match_strides(x, out);
-  const SampleLayout L = plan_layout(out, dim);
-  SDK_DISPATCH_FLOAT(xs.scalar_type(), "sample_scale_cpu", [&] {
+  SDK_DISPATCH_FLOAT(P.x.scalar_type(), "sample_scale_cpu", [&] {
     using X = scalar_t;
-    SDK_DISPATCH_FLOAT(out_dtype, "sample_scale_cpu", [&] {
-      sample_scale_typed<X, scalar_t>(xs, out, sc, alpha, L);
+    SDK_DISPATCH_FLOAT(out.scalar_type(), "sample_scale_cpu", [&] {
+      sample_scale_typed<X, scalar_t>(P.x, out, P.scale, alpha, P.layout);
     });
   });
   return out;

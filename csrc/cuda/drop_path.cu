@@ -291,42 +291,22 @@ void launch_sample_scale(const at::Tensor& x, at::Tensor& out, const at::Tensor&
 
 // ------------------------------------------------------------ entry ops ----
 
-// fp16, bf16, fp32 or fp64 (check_float also admits the fp8 types).
-void check_supported(at::ScalarType t, const char* name) {
-  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
-                   "sdkernels: ", name, " must be float16, bfloat16, float32 or float64, got ",
-                   t);
-}
 
 #define SDK_DISPATCH_FLOAT(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor scaled_residual_add_cuda(const at::Tensor& residual, const at::Tensor& branch,
                                     const at::Tensor& scale, int64_t sample_dim, double alpha) {
-  check_float(residual, "residual");
-  check_float(branch, "branch");
-  check_supported(residual.scalar_type(), "residual");
-  check_supported(branch.scalar_type(), "branch");
-  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
-                    "sdkernels: residual and branch must have the same shape, got ",
-                    shape_str(residual.sizes()), " and ", shape_str(branch.sizes()));
   TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on ", residual.device(),
                     ", expected a CUDA device");
-  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
-                    residual.device(), " but branch is on ", branch.device());
-  const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
   const c10::cuda::CUDAGuard guard(residual.device());
-  const at::Tensor sc = checked_scale(scale, residual.size(dim), residual.device());
-  const auto out_dtype = at::promote_types(residual.scalar_type(), branch.scalar_type());
-  at::Tensor out = at::empty_like(residual, residual.options().dtype(out_dtype));
+  const ResidualAddPlan P = plan_residual_add(residual, branch, scale, sample_dim);
+  at::Tensor out = P.out;
   if (out.numel() == 0) return out;
-  const at::Tensor r = match_strides(residual, out);
-  const at::Tensor b = match_strides(branch, out);
-  const SampleLayout L = plan_layout(out, dim);
-  SDK_DISPATCH_FLOAT(r.scalar_type(), "scaled_residual_add_cuda", [&] {
+  SDK_DISPATCH_FLOAT(P.residual.scalar_type(), "scaled_residual_add_cuda", [&] {
     using R = scalar_t;
-    SDK_DISPATCH_FLOAT(b.scalar_type(), "scaled_residual_add_cuda", [&] {
-      launch_residual_add<R, scalar_t>(r, b, out, sc, alpha, L);
+    SDK_DISPATCH_FLOAT(P.branch.scalar_type(), "scaled_residual_add_cuda", [&] {
+      launch_residual_add<R, scalar_t>(P.residual, P.branch, out, P.scale, alpha, P.layout);
     });
   });
   return out;
@@ -334,22 +314,15 @@ at::Tensor scaled_residual_add_cuda(const at::Tensor& residual, const at::Tensor
 
 at::Tensor sample_scale_cuda(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
                              double alpha, std::optional<at::ScalarType> dtype) {
-  check_float(x, "x");
-  check_supported(x.scalar_type(), "x");
-  const auto out_dtype = dtype.has_value() ? *dtype : x.scalar_type();
-  check_supported(out_dtype, "dtype");
   TORCH_CHECK_VALUE(x.is_cuda(), "sdkernels: x is on ", x.device(), ", expected a CUDA device");
-  const int64_t dim = wrap_sample_dim(sample_dim, x.dim());
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor sc = checked_scale(scale, x.size(dim), x.device());
-  at::Tensor out = at::empty_like(x, x.options().dtype(out_dtype));
+  const SampleScalePlan P = plan_sample_scale(x, scale, sample_dim, dtype);
+  at::Tensor out = P.out;
   if (out.numel() == 0) return out;
-  const at::Tensor xs = match_strides(x, out);
-  const SampleLayout L = plan_layout(out, dim);
-  SDK_DISPATCH_FLOAT(xs.scalar_type(), "sample_scale_cuda", [&] {
+  SDK_DISPATCH_FLOAT(P.x.scalar_type(), "sample_scale_cuda", [&] {
     using X = scalar_t;
-    SDK_DISPATCH_FLOAT(out_dtype, "sample_scale_cuda", [&] {
-      launch_sample_scale<X, scalar_t>(xs, out, sc, alpha, L);
+    SDK_DISPATCH_FLOAT(out.scalar_type(), "sample_scale_cuda", [&] {
+      launch_sample_scale<X, scalar_t>(P.x, out, P.scale, alpha, P.layout);
     });
   });
   return out;
