@@ -17,24 +17,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/kernel_types.h"
 #include "common/sample_layout.h"
 
 namespace sdkernels {
 namespace {
 
-// Result dtype of two floating types, as torch.promote_types gives it.
-template <typename A, typename B>
-struct promote {
-  using type = std::conditional_t<
-      std::is_same_v<A, B>, A,
-      std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double,
-                         float>>;  // fp32 with anything narrower, and fp16 + bf16 -> fp32
-};
-
-template <typename... Ts>
-struct acc_of {
-  using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
-};
 
 // Element conversions written so that gcc's auto-vectoriser turns the row
 // loops below into SIMD code at the baseline ISA: bf16 <-> fp32 are integer

@@ -38,23 +38,12 @@
 #include <vector>
 
 #include "common/sample_layout.h"
+#include "common/kernel_types.h"
 #include "common/scaled_index_add.h"
 
 namespace sdkernels {
 namespace {
 
-template <typename A, typename B>
-struct promote_t {
-  using type = std::conditional_t<
-      std::is_same_v<A, B>, A,
-      std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double,
-                         float>>;  // fp32 with anything narrower, and fp16 + bf16 -> fp32
-};
-
-template <typename... Ts>
-struct acc_t_of {
-  using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
-};
 
 constexpr int64_t kConvBlock = 1024;  // elements converted per step
 
@@ -169,8 +158,8 @@ template <typename R, typename S>
 void scaled_index_add_typed(const at::Tensor& r, const at::Tensor& src, at::Tensor& out,
                             const std::vector<int64_t>& inv, int64_t k, double alpha,
                             const SampleLayout& L) {
-  using O = typename promote_t<R, S>::type;
-  using acc_t = typename acc_t_of<R, S, O>::type;
+  using O = typename promote<R, S>::type;
+  using acc_t = typename acc_of<R, S, O>::type;
   const acc_t m = static_cast<acc_t>(alpha);
   const R* rp = r.const_data_ptr<R>();
   const S* sp = k > 0 ? src.const_data_ptr<S>() : nullptr;
@@ -198,7 +187,7 @@ void scaled_index_add_typed(const at::Tensor& r, const at::Tensor& src, at::Tens
 template <typename X, typename O>
 void index_scale_typed(const at::Tensor& g, at::Tensor& out, const int64_t* idx, int64_t n,
                        int64_t k, int64_t inner, double alpha) {
-  using acc_t = typename acc_t_of<X, O>::type;
+  using acc_t = typename acc_of<X, O>::type;
   const acc_t m = static_cast<acc_t>(alpha);
   const X* gp = g.const_data_ptr<X>();
   O* op = out.mutable_data_ptr<O>();

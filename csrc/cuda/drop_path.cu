@@ -34,80 +34,25 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common/cuda_vec.cuh"
 #include "common/drop_path_index.h"
+#include "common/kernel_types.h"
 #include "common/sample_layout.h"
 
 namespace sdkernels {
 namespace {
 
 namespace ix = ::sdkernels::index;
+using namespace ::sdkernels::cuda_vec;
 
 constexpr int kThreads = 256;
 constexpr int kMaxCachedDevices = 64;
 
 // ---------------------------------------------------------------- types ----
 
-// Result dtype of two floating types, as torch.promote_types gives it.
-template <typename A, typename B>
-struct promote {
-  using type = std::conditional_t<
-      std::is_same_v<A, B>, A,
-      std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double,
-                         float>>;  // fp32 with anything narrower, and fp16 + bf16 -> fp32
-};
-
-template <typename... Ts>
-struct acc_of {
-  using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
-};
-
-// Elements per vector: 16 bytes of the narrowest of the types.
-template <typename... Ts>
-constexpr int vec_of() {
-  constexpr size_t narrowest = std::min({sizeof(Ts)...});
-  return static_cast<int>(ix::kVectorBytes / narrowest);
-}
 
 // ------------------------------------------------------- device helpers ----
 
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-
-// VEC elements of T at p (16-byte aligned), converted to A: VEC * sizeof(T) / 16
-// loads of 16 bytes each.
-template <int VEC, typename T, typename A>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&dst)[VEC]) {
-  constexpr int kPer = static_cast<int>(ix::kVectorBytes / sizeof(T));
-  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
-  const uint4* q = reinterpret_cast<const uint4*>(p);
-#pragma unroll
-  for (int c = 0; c < VEC / kPer; ++c) {
-    const uint4 raw = __ldg(q + c);
-    T v[kPer];
-    memcpy(v, &raw, sizeof(raw));
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) dst[c * kPer + j] = static_cast<A>(v[j]);
-  }
-}
-
-// src converted to T, stored as VEC * sizeof(T) / 16 stores of 16 bytes.
-template <int VEC, typename T, typename A>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&src)[VEC]) {
-  constexpr int kPer = static_cast<int>(ix::kVectorBytes / sizeof(T));
-  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
-  uint4* q = reinterpret_cast<uint4*>(p);
-#pragma unroll
-  for (int c = 0; c < VEC / kPer; ++c) {
-    T v[kPer];
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) v[j] = static_cast<T>(src[c * kPer + j]);
-    uint4 raw;
-    memcpy(&raw, v, sizeof(raw));
-    q[c] = raw;
-  }
-}
 
 // VEC zeros of T at p (16-byte aligned).
 template <int VEC, typename T>

@@ -54,11 +54,15 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common/cuda_vec.cuh"
+#include "common/kernel_types.h"
 #include "common/sample_layout.h"
 #include "common/scaled_index_add.h"
 
 namespace sdkernels {
 namespace {
+
+using namespace ::sdkernels::cuda_vec;
 
 constexpr int kMaxThreads = 256;      // threads per block
 constexpr int kThreadsPerSM = 2048;   // resident threads per SM (sm_80, sm_90)
@@ -67,62 +71,7 @@ constexpr int kMaxDevices = 64;
 constexpr int64_t kVecBytes = 16;
 constexpr int64_t kInverseOneBlock = 1 << 16;  // n up to this: one block builds the map
 
-template <typename A, typename B>
-struct promote_t {
-  using type = std::conditional_t<
-      std::is_same_v<A, B>, A,
-      std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double,
-                         float>>;
-};
 
-template <typename... Ts>
-struct acc_t_of {
-  using type = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
-};
-
-template <typename... Ts>
-constexpr int vec_width_of() {
-  constexpr size_t narrowest = std::min({sizeof(Ts)...});
-  return static_cast<int>(kVecBytes / narrowest);
-}
-
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-
-// VEC elements of T at p (16-byte aligned) converted to A, as 16-byte loads.
-template <int VEC, typename T, typename A>
-__device__ __forceinline__ void vload(const T* __restrict__ p, A (&dst)[VEC]) {
-  constexpr int kPer = static_cast<int>(kVecBytes / sizeof(T));
-  static_assert(VEC % kPer == 0, "whole 16-byte chunks");
-  const uint4* q = reinterpret_cast<const uint4*>(p);
-#pragma unroll
-  for (int c = 0; c < VEC / kPer; ++c) {
-    const uint4 raw = __ldg(q + c);
-    T v[kPer];
-    memcpy(v, &raw, sizeof(raw));
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) dst[c * kPer + e] = static_cast<A>(v[e]);
-  }
-}
-
-// src converted to T, stored at p (16-byte aligned) as 16-byte stores.
-template <int VEC, typename T, typename A>
-__device__ __forceinline__ void vstore(T* __restrict__ p, const A (&src)[VEC]) {
-  constexpr int kPer = static_cast<int>(kVecBytes / sizeof(T));
-  static_assert(VEC % kPer == 0, "whole 16-byte chunks");
-  uint4* q = reinterpret_cast<uint4*>(p);
-#pragma unroll
-  for (int c = 0; c < VEC / kPer; ++c) {
-    T v[kPer];
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) v[e] = static_cast<T>(src[c * kPer + e]);
-    uint4 raw;
-    memcpy(&raw, v, sizeof(raw));
-    q[c] = raw;
-  }
-}
 
 // How the threads of a launch cover rows of `inner` elements.
 struct RowWalk {
@@ -178,14 +127,14 @@ __global__ void __launch_bounds__(kMaxThreads)
       if (c < w.nvec) {
         const int64_t off = c * VEC;
         A acc[VEC];
-        vload<VEC>(r + base + off, acc);
+        load_vec<VEC>(r + base + off, acc);
         if (j >= 0) {
           A b[VEC];
-          vload<VEC>(srow + off, b);
+          load_vec<VEC>(srow + off, b);
 #pragma unroll
           for (int e = 0; e < VEC; ++e) acc[e] = add_rn(acc[e], mul_rn(b[e], alpha));
         }
-        vstore<VEC>(out + base + off, acc);
+        store_vec<VEC>(out + base + off, acc);
       } else {
         const int64_t i = w.nvec * VEC + (c - w.nvec);
         A v = static_cast<A>(r[base + i]);
@@ -216,10 +165,10 @@ __global__ void __launch_bounds__(kMaxThreads)
       if (c < w.nvec) {
         const int64_t off = c * VEC;
         A v[VEC];
-        vload<VEC>(grow + off, v);
+        load_vec<VEC>(grow + off, v);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) v[e] = mul_rn(v[e], alpha);
-        vstore<VEC>(orow + off, v);
+        store_vec<VEC>(orow + off, v);
       } else {
         const int64_t i = w.nvec * VEC + (c - w.nvec);
         orow[i] = static_cast<O>(mul_rn(static_cast<A>(grow[i]), alpha));
@@ -296,9 +245,9 @@ void build_inverse(at::Tensor& inv, const at::Tensor& index, int64_t n, cudaStre
 template <typename R, typename S>
 void launch_add(const at::Tensor& r, const at::Tensor& s, at::Tensor& out, const at::Tensor& inv,
                 double alpha, const SampleLayout& L, int64_t k, cudaStream_t stream) {
-  using O = typename promote_t<R, S>::type;
-  using A = typename acc_t_of<R, S, O>::type;
-  constexpr int VEC = vec_width_of<R, S, O>();
+  using O = typename promote<R, S>::type;
+  using A = typename acc_of<R, S, O>::type;
+  constexpr int VEC = vec_of<R, S, O>();
   TORCH_INTERNAL_ASSERT(out.scalar_type() == c10::CppTypeToScalarType<O>::value,
                         "sdkernels: output dtype mismatch");
   const R* rp = r.const_data_ptr<R>();
@@ -316,8 +265,8 @@ void launch_add(const at::Tensor& r, const at::Tensor& s, at::Tensor& out, const
 template <typename X, typename O>
 void launch_scale(const at::Tensor& g, at::Tensor& out, const at::Tensor& index, double alpha,
                   const SampleLayout& L, int64_t k, cudaStream_t stream) {
-  using A = typename acc_t_of<X, O>::type;
-  constexpr int VEC = vec_width_of<X, O>();
+  using A = typename acc_of<X, O>::type;
+  constexpr int VEC = vec_of<X, O>();
   const X* gp = g.const_data_ptr<X>();
   O* op = out.mutable_data_ptr<O>();
   const bool aligned = aligned16(gp) && aligned16(op);

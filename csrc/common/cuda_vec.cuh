@@ -1,0 +1,55 @@
+// Device helpers shared by the CUDA kernels: explicitly rounded arithmetic
+// (no fused multiply-add, so results match the reference's two roundings) and
+// 16-byte vector loads/stores with per-element conversion.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstring>
+
+namespace sdkernels {
+namespace cuda_vec {
+
+constexpr int kVectorBytes = 16;
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// VEC elements of T at p (16-byte aligned), converted to A: VEC * sizeof(T) / 16
+// read-only loads of 16 bytes each.
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&dst)[VEC]) {
+  constexpr int kPer = static_cast<int>(kVectorBytes / sizeof(T));
+  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int c = 0; c < VEC / kPer; ++c) {
+    const uint4 raw = __ldg(q + c);
+    T v[kPer];
+    memcpy(v, &raw, sizeof(raw));
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) dst[c * kPer + j] = static_cast<A>(v[j]);
+  }
+}
+
+// src converted to T, stored at p (16-byte aligned) as 16-byte stores.
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&src)[VEC]) {
+  constexpr int kPer = static_cast<int>(kVectorBytes / sizeof(T));
+  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
+  uint4* q = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int c = 0; c < VEC / kPer; ++c) {
+    T v[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) v[j] = static_cast<T>(src[c * kPer + j]);
+    uint4 raw;
+    memcpy(&raw, v, sizeof(raw));
+    q[c] = raw;
+  }
+}
+
+}  // namespace cuda_vec
+}  // namespace sdkernels
