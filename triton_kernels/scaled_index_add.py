@@ -31,9 +31,7 @@ uniqueness are the caller's responsibility (not checked on the device;
 """
 from __future__ import annotations
 
-import math
 import os
-import struct
 
 import triton
 import triton.language as tl
@@ -51,37 +49,14 @@ __all__ = [
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 ROW_KERNEL_MIN_INNER = 1024
-_MAX_BLOCK = 4096
 _TILE = 4096
 _INTERP = tl.constexpr(INTERPRET)
 
-
-@triton.jit
-def _acc(x, ACC64: tl.constexpr):
-    """x in the math type; 16-bit types reach fp64 through fp32 (exact)."""
-    if ACC64:
-        if x.dtype.is_fp64():
-            return x
-        else:
-            return x.to(tl.float32).to(tl.float64)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
-def _round_to(x, OUT: tl.constexpr):
-    """x rounded once (to nearest even) to OUT; by hand for bf16 under the interpreter (it truncates)."""
-    if x.dtype.is_fp64() and OUT.primitive_bitwidth == 16:
-        y = x.to(tl.float32)
-    else:
-        y = x
-    if _INTERP and OUT.is_bf16():
-        u = y.to(tl.uint32, bitcast=True)
-        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-        bits = tl.where(y != y, (u >> 16) | 0x40, rounded)
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return y.to(OUT)
+# Shared with the core kernels: conversion to the math type, rounding to the
+# output type, alpha's fp32 split and the block/warp choice.
+from .drop_path import _next_pow2, _num_warps, _row_block, split_alpha  # noqa: E402
+from .drop_path import _to_acc as _acc  # noqa: E402
+from .drop_path import _to_out as _round_to  # noqa: E402
 
 
 @triton.jit
@@ -193,24 +168,6 @@ KERNELS = {
 # ----------------------------------------------------------------------------
 
 
-def _f32(x: float) -> float:
-    try:
-        return struct.unpack("f", struct.pack("f", x))[0]
-    except OverflowError:
-        return math.copysign(math.inf, x)
-
-
-def split_alpha(alpha: float):
-    """(hi, mid, lo) fp32 values, hi == float32(alpha), hi + mid + lo == alpha (for normal-range alpha)."""
-    alpha = float(alpha)
-    hi = _f32(alpha)
-    if not math.isfinite(hi):
-        return hi, 0.0, 0.0
-    r = alpha - hi
-    mid = _f32(r)
-    return hi, mid, _f32(r - mid)
-
-
 def plan(t, sample_dim: int):
     """(n, inner) of the ``[outer, n, inner]`` view of the dense tensor ``t``."""
     n = t.shape[sample_dim]
@@ -229,31 +186,6 @@ def in_layout(t, like):
     dst = torch.empty_strided(like.shape, like.stride(), dtype=t.dtype, device=t.device)
     dst.copy_(t)
     return dst
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def _row_block(inner: int) -> int:
-    """Largest power of two <= 4096 leaving at most 1/8 of a row's lanes idle (else the least wasteful)."""
-    if INTERPRET:
-        return min(_MAX_BLOCK, _next_pow2(inner))
-    best, best_waste = _MAX_BLOCK, None
-    b = _MAX_BLOCK
-    while b >= 256:
-        padded = -(-inner // b) * b
-        waste = (padded - inner) / padded
-        if waste <= 0.125:
-            return b
-        if best_waste is None or waste < best_waste:
-            best, best_waste = b, waste
-        b //= 2
-    return best
-
-
-def _num_warps(block: int) -> int:
-    return max(1, min(8, block // 256))
 
 
 def _launch(rows_kernel, tiles_kernel, tensors, alpha, n, inner, k, out_rows, acc64, wrap):
