@@ -20,10 +20,11 @@ struct SampleLayout {
   int64_t inner = 1;  // contiguous elements per (outer, sample) row
 };
 
-// "[4, 5]" for error messages.  Messages here are built with std::to_string
-// rather than by streaming integers or an IntArrayRef into TORCH_CHECK: such a
-// message thrown from the nvcc-compiled CUDA entry points crashed the process
-// on an H200 (torch 2.11) instead of raising (seen for the shape message).
+// "[4, 5]" for error messages.  Messages here are built as one std::string
+// (std::to_string, c10::toString) rather than by streaming integers, dtypes or
+// an IntArrayRef into TORCH_CHECK: such a message thrown from the
+// nvcc-compiled CUDA entry points crashed the process on an H200 (torch 2.11)
+// instead of raising; the one-string form was checked to raise there.
 inline std::string shape_str(at::IntArrayRef sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) {
@@ -83,9 +84,9 @@ inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
 // ValueError for values, TypeError for dtypes, IndexError for dims.
 inline void check_float_dtype(at::ScalarType st, const char* name) {
   TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
-                   "sdkernels: ", name,
-                   " must be a floating-point type (float16, bfloat16, float32 or float64), got ",
-                   st);
+                   std::string("sdkernels: ") + name +
+                       " must be a floating-point type (float16, bfloat16, float32 or float64), got " +
+                       c10::toString(st));
 }
 
 inline void check_float(const at::Tensor& t, const char* name) {
@@ -95,8 +96,8 @@ inline void check_float(const at::Tensor& t, const char* name) {
 inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
                                 const at::Device& device) {
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble,
-                   "sdkernels: scale must be float32 or float64, got ",
-                   scale.scalar_type());
+                   std::string("sdkernels: scale must be float32 or float64, got ") +
+                       c10::toString(scale.scalar_type()));
   TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == n || scale.numel() == 1),
                     "sdkernels: scale must hold one value per sample (" + std::to_string(n) +
                         ") or a single value, got shape " + shape_str(scale.sizes()));

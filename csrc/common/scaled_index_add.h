@@ -65,8 +65,8 @@ inline void check_supported(at::ScalarType t, const char* name) {
 
 // index: int64, 1-D, on `device` (values are checked by each backend).
 inline void check_index_meta(const at::Tensor& index, const at::Device& device) {
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "sdkernels: index must be int64, got ",
-                   index.scalar_type());
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, std::string("sdkernels: index must be int64, got ") +
+                                                      c10::toString(index.scalar_type()));
   TORCH_CHECK_VALUE(index.dim() == 1, "sdkernels: index must be 1-D, got shape ",
                     shape_str(index.sizes()));
   TORCH_CHECK_VALUE(index.device() == device, "sdkernels: index is on ", index.device(),
@@ -103,8 +103,6 @@ inline int64_t check_scale_args(const at::Tensor& grad, const at::Tensor& index,
                                 int64_t sample_dim, at::ScalarType out_dtype) {
   check_float(grad, "grad");
   check_supported(grad.scalar_type(), "grad");
-  TORCH_CHECK_TYPE(at::isFloatingType(out_dtype),
-                   "sdkernels: dtype must be a floating-point type, got ", out_dtype);
   check_supported(out_dtype, "dtype");
   const int64_t dim = wrap_sample_dim(sample_dim, grad.dim());
   check_index_meta(index, grad.device());
