@@ -446,8 +446,9 @@ def available_skip_backends():
 
 
 def _pick_backend(backend: str, device: torch.device, numel: int) -> SkipBackend:
-    # Mirrors sdkernels.functional: the compiled kernel for the device, CUDA C++
-    # below functional.TRITON_MIN_NUMEL elements and Triton above, else the reference.
+    # Mirrors sdkernels.functional: the compiled kernel for the device; on CUDA
+    # Triton from functional.TRITON_MIN_NUMEL elements up (infinite since the
+    # H200 measurements: the C++ op), else the reference.
     if backend == "auto":
         if device.type == "cpu" and "cpu" in _SKIP_BACKENDS:
             return _SKIP_BACKENDS["cpu"]
