@@ -1,10 +1,12 @@
-// Device helpers shared by the CUDA kernels: explicitly rounded arithmetic
-// (no fused multiply-add, so results match the reference's two roundings) and
-// 16-byte vector loads/stores with per-element conversion.
+// Helpers shared by the CUDA kernels: explicitly rounded arithmetic (no fused
+// multiply-add, so results match the reference's two roundings), 16-byte
+// vector loads/stores with per-element conversion, and the SM count.
 #pragma once
 
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstring>
 
 namespace sdkernels {
@@ -49,6 +51,23 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&src)[VEC]
     memcpy(&raw, v, sizeof(raw));
     q[c] = raw;
   }
+}
+
+// Streaming multiprocessors of a device, cached per device (one cache for the
+// whole library: an inline function's static is shared by every file).
+inline int sm_count(int device) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cache[kCachedDevices];
+  const bool cached = device >= 0 && device < kCachedDevices;
+  if (cached) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+  v = v > 0 ? v : 1;
+  if (cached) cache[device].store(v, std::memory_order_relaxed);
+  return v;
 }
 
 }  // namespace cuda_vec

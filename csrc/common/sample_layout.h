@@ -58,23 +58,22 @@ inline SampleLayout plan_layout(const at::Tensor& t, int64_t dim) {
   return L;
 }
 
-// Whether a and b put every element at the same memory offset (strides of
-// size-1 dims do not matter).
+// Whether a addresses memory exactly as b does: equal sizes and equal strides
+// on every dim of size > 1 (strides of size-1 dims do not matter).  With b
+// dense and non-overlapping, a then is too.
 inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.dim() != b.dim()) return false;
+  if (a.sizes() != b.sizes()) return false;
   for (int64_t d = 0; d < a.dim(); ++d) {
     if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
   }
   return true;
 }
 
-// `src` laid out like `like` (dense, non-overlapping): itself when it already
-// is, else a copy (the slow path for inputs whose layout differs from the
+// `src` laid out like the dense tensor `like`: itself when it already is,
+// else a copy (the slow path for inputs whose layout differs from the
 // output's).
 inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
-  if (same_layout(src, like) && src.is_non_overlapping_and_dense()) {
-    return src;
-  }
+  if (same_layout(src, like)) return src;
   at::Tensor dst = at::empty_strided(like.sizes(), like.strides(), src.options());
   dst.copy_(src);
   return dst;

@@ -40,29 +40,6 @@ inline at::Tensor samples_like(const at::Tensor& like, int64_t dim, int64_t k,
   return at::empty(psizes, opts).permute(inv);
 }
 
-// Whether `t` addresses memory exactly as the dense tensor `like` does (equal
-// sizes, equal strides on every dim of size > 1; then t is dense too).
-inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
-  if (t.sizes() != like.sizes()) return false;
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.size(d) > 1 && t.stride(d) != like.stride(d)) return false;
-  }
-  return true;
-}
-
-// `t` in `like`'s memory layout: itself when it has it, else a copy (slow path).
-inline at::Tensor to_layout(const at::Tensor& t, const at::Tensor& like) {
-  if (same_layout(t, like)) return t;
-  at::Tensor dst = at::empty_strided(like.sizes(), like.strides(), t.options());
-  dst.copy_(t);
-  return dst;
-}
-
-// fp16, bf16, fp32 or fp64 (check_float also admits the fp8 types).
-inline void check_supported(at::ScalarType t, const char* name) {
-  check_float_dtype(t, name);
-}
-
 // index: int64, 1-D, on `device` (values are checked by each backend).
 inline void check_index_meta(const at::Tensor& index, const at::Device& device) {
   TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, std::string("sdkernels: index must be int64, got ") +
@@ -78,8 +55,8 @@ inline int64_t check_add_args(const at::Tensor& residual, const at::Tensor& src,
                               const at::Tensor& index, int64_t sample_dim) {
   check_float(residual, "residual");
   check_float(src, "src");
-  check_supported(residual.scalar_type(), "residual");
-  check_supported(src.scalar_type(), "src");
+  check_float_dtype(residual.scalar_type(), "residual");
+  check_float_dtype(src.scalar_type(), "src");
   TORCH_CHECK_VALUE(residual.device() == src.device(), "sdkernels: residual is on ",
                     residual.device(), " but src is on ", src.device());
   const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
@@ -102,8 +79,8 @@ inline int64_t check_add_args(const at::Tensor& residual, const at::Tensor& src,
 inline int64_t check_scale_args(const at::Tensor& grad, const at::Tensor& index,
                                 int64_t sample_dim, at::ScalarType out_dtype) {
   check_float(grad, "grad");
-  check_supported(grad.scalar_type(), "grad");
-  check_supported(out_dtype, "dtype");
+  check_float_dtype(grad.scalar_type(), "grad");
+  check_float_dtype(out_dtype, "dtype");
   const int64_t dim = wrap_sample_dim(sample_dim, grad.dim());
   check_index_meta(index, grad.device());
   return dim;

@@ -219,9 +219,9 @@ at::Tensor scaled_index_add_cpu(const at::Tensor& residual, const at::Tensor& sr
   const auto out_dtype = at::promote_types(residual.scalar_type(), src.scalar_type());
   at::Tensor out = at::empty_like(residual, residual.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
-  const at::Tensor r = skip::to_layout(residual, out);
+  const at::Tensor r = match_strides(residual, out);
   at::Tensor s = src;
-  if (k > 0) s = skip::to_layout(src, skip::samples_like(out, dim, k, src.options()));
+  if (k > 0) s = match_strides(src, skip::samples_like(out, dim, k, src.options()));
   const SampleLayout L = plan_layout(out, dim);
   SDK_SIA_DISPATCH(r.scalar_type(), "scaled_index_add_cpu", [&] {
     using R = scalar_t;
@@ -242,7 +242,7 @@ at::Tensor index_scale_cpu(const at::Tensor& grad, const at::Tensor& index, int6
   const at::Tensor base = at::empty_like(grad);
   at::Tensor out = skip::samples_like(base, dim, k, grad.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
-  const at::Tensor g = skip::to_layout(grad, base);
+  const at::Tensor g = match_strides(grad, base);
   // out is [outer, k, inner] with base's inner (n == 1: k == 1, one row each).
   const SampleLayout L = plan_layout(base, dim);
   const at::Tensor ic = index.contiguous();

@@ -141,21 +141,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // --------------------------------------------------------------- launch ----
 
-// Streaming multiprocessors of a device, cached per device.
-int sm_count(int device) {
-  static std::atomic<int> cache[kMaxCachedDevices];
-  const bool cached = device >= 0 && device < kMaxCachedDevices;
-  if (cached) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-  v = v > 0 ? v : 1;
-  if (cached) cache[device].store(v, std::memory_order_relaxed);
-  return v;
-}
-
 // Per-device cache of one kernel's resident blocks (zero: not known yet).
 using BlocksCache = std::atomic<int>[kMaxCachedDevices];
 

@@ -67,7 +67,6 @@ using namespace ::sdkernels::cuda_vec;
 constexpr int kMaxThreads = 256;      // threads per block
 constexpr int kThreadsPerSM = 2048;   // resident threads per SM (sm_80, sm_90)
 constexpr int kMaxGridY = 65535;
-constexpr int kMaxDevices = 64;
 constexpr int64_t kVecBytes = 16;
 constexpr int64_t kInverseOneBlock = 1 << 16;  // n up to this: one block builds the map
 
@@ -179,20 +178,6 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 // -------------------------------------------------------------- launch ----
 
-int sm_count(int device) {
-  static std::atomic<int> cache[kMaxDevices];
-  const bool cached = device >= 0 && device < kMaxDevices;
-  if (cached) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-  v = v > 0 ? v : 1;
-  if (cached) cache[device].store(v, std::memory_order_relaxed);
-  return v;
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVecBytes == 0; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -298,8 +283,8 @@ at::Tensor scaled_index_add_cuda(const at::Tensor& residual, const at::Tensor& s
   }
   const int64_t n = residual.size(dim);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(out.get_device()).stream();
-  const at::Tensor r = skip::to_layout(residual, out);
-  const at::Tensor s = skip::to_layout(src, skip::samples_like(out, dim, k, src.options()));
+  const at::Tensor r = match_strides(residual, out);
+  const at::Tensor s = match_strides(src, skip::samples_like(out, dim, k, src.options()));
   const at::Tensor idx = index.contiguous();
   at::Tensor inv = at::empty({n}, index.options());
   build_inverse(inv, idx, n, stream);
@@ -325,7 +310,7 @@ at::Tensor index_scale_cuda(const at::Tensor& grad, const at::Tensor& index, int
   at::Tensor out = skip::samples_like(base, dim, k, grad.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(out.get_device()).stream();
-  const at::Tensor g = skip::to_layout(grad, base);
+  const at::Tensor g = match_strides(grad, base);
   const at::Tensor idx = index.contiguous();
   const SampleLayout L = plan_layout(base, dim);
   SDK_SIA_DISPATCH(g.scalar_type(), "index_scale_cuda", [&] {
