@@ -52,9 +52,14 @@ if _HAS_CUDA:
     register_backend("cuda", ops.scaled_residual_add, ops.sample_scale, {"cuda"}, True)
 
 
+def available_in(table) -> Tuple[str, ...]:
+    """Names of the usable entries of a backend table (this module's or the skip path's)."""
+    return tuple(n for n in BACKEND_NAMES if n in table and table[n].available)
+
+
 def available_backends() -> Tuple[str, ...]:
     """Names of the backends usable in this process, e.g. ``("reference", "cpu")``."""
-    return tuple(n for n in BACKEND_NAMES if n in _BACKENDS and _BACKENDS[n].available)
+    return available_in(_BACKENDS)
 
 
 # ---- auto rule between "cuda" and "triton" (Triton backend, issue 3) ------
@@ -69,26 +74,32 @@ def available_backends() -> Tuple[str, ...]:
 TRITON_MIN_NUMEL = float("inf")
 
 
-def _auto_backend(device_type: str, numel: int = 0) -> Backend:
+def _auto_backend(device_type: str, numel: int = 0, table=None):
     # The compiled kernel for the tensor's device, else the reference.
-    if device_type == "cpu" and "cpu" in _BACKENDS:
-        return _BACKENDS["cpu"]
+    table = _BACKENDS if table is None else table
+    if device_type == "cpu" and "cpu" in table:
+        return table["cpu"]
     if device_type == "cuda":
         order = ("triton", "cuda") if numel >= TRITON_MIN_NUMEL else ("cuda", "triton")
         for name in order:
-            be = _BACKENDS.get(name)
+            be = table.get(name)
             if be is not None and be.available and (be.devices is None or "cuda" in be.devices):
                 return be
-    return _BACKENDS["reference"]
+    return table["reference"]
 
 
-def _pick_backend(backend: str, device: torch.device, numel: int = 0) -> Backend:
+def pick_backend(backend: str, device: torch.device, numel: int = 0, table=None):
+    """The entry of ``table`` (default: the core backends) that runs ``backend`` on ``device``.
+
+    Shared with the skip path, whose table holds its own ops under the same names.
+    """
+    table = _BACKENDS if table is None else table
     if backend == "auto":
-        return _auto_backend(device.type, numel)
-    be = _BACKENDS.get(backend)
+        return _auto_backend(device.type, numel, table)
+    be = table.get(backend)
     if be is None or not be.available:
         raise ValueError(
-            f"backend {backend!r} is not available here; available backends: {available_backends()}"
+            f"backend {backend!r} is not available here; available backends: {available_in(table)}"
         )
     if be.devices is not None and device.type not in be.devices:
         raise ValueError(f"backend {backend!r} runs on {sorted(be.devices)} tensors, got a tensor on {device}")
@@ -178,7 +189,7 @@ def drop_path_add(
         raise ValueError(f"residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}")
     if residual.device != branch.device:
         raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
-    be = _pick_backend(backend, residual.device, residual.numel())
+    be = pick_backend(backend, residual.device, residual.numel())
     if not training or p == 0.0:
         return residual + branch
     keep = _draw(residual, dim, p, mode, generator)
@@ -203,7 +214,7 @@ def drop_path(
     ``x`` itself.  Arguments as in :func:`drop_path_add`.
     """
     dim = _check_common(x, "x", p, mode, sample_dim, backend, generator)
-    be = _pick_backend(backend, x.device, x.numel())
+    be = pick_backend(backend, x.device, x.numel())
     if not training or p == 0.0:
         return x
     keep = _draw(x, dim, p, mode, generator)

@@ -442,29 +442,7 @@ if _TRITON is not None:
 
 def available_skip_backends():
     """Names of the skip-path backends usable in this process, e.g. ``("reference", "cpu")``."""
-    return tuple(n for n in functional.BACKEND_NAMES if n in _SKIP_BACKENDS and _SKIP_BACKENDS[n].available)
-
-
-def _pick_backend(backend: str, device: torch.device, numel: int) -> SkipBackend:
-    # Mirrors sdkernels.functional: the compiled kernel for the device; on CUDA
-    # Triton from functional.TRITON_MIN_NUMEL elements up (infinite since the
-    # H200 measurements: the C++ op), else the reference.
-    if backend == "auto":
-        if device.type == "cpu" and "cpu" in _SKIP_BACKENDS:
-            return _SKIP_BACKENDS["cpu"]
-        if device.type == "cuda":
-            big = numel >= getattr(functional, "TRITON_MIN_NUMEL", float("inf"))
-            for name in (("triton", "cuda") if big else ("cuda", "triton")):
-                be = _SKIP_BACKENDS.get(name)
-                if be is not None and be.available and (be.devices is None or "cuda" in be.devices):
-                    return be
-        return _SKIP_BACKENDS["reference"]
-    be = _SKIP_BACKENDS.get(backend)
-    if be is None or not be.available:
-        raise ValueError(f"backend {backend!r} is not available here; available backends: {available_skip_backends()}")
-    if be.devices is not None and device.type not in be.devices:
-        raise ValueError(f"backend {backend!r} runs on {sorted(be.devices)} tensors, got a tensor on {device}")
-    return be
+    return functional.available_in(_SKIP_BACKENDS)
 
 
 def _core_residual_add(name: str) -> Callable:
@@ -626,7 +604,7 @@ def drop_path_residual(
         raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
     if not isinstance(training, bool):
         training = bool(training)
-    be = _pick_backend(backend, x.device, x.numel())
+    be = functional.pick_backend(backend, x.device, x.numel(), _SKIP_BACKENDS)
     if not training or p == 0.0:
         return x + _call_branch(fn, x)
     n = x.shape[dim]
