@@ -37,14 +37,14 @@ The goal (issue 5): ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .e2e import _Attention  # the same multi-head self-attention as the e2e ViT block
 
 __all__ = ["BLOCK_PROVIDERS", "BLOCKS", "DEFAULT_PS", "default_batch", "run_block_suite", "plot_blocks", "main"]
 
@@ -64,20 +64,6 @@ def default_batch(device: str) -> int:
 # ---------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, t, c = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
 def _residual(impl: str, x: torch.Tensor, branch, p: float) -> torch.Tensor:
