@@ -1,11 +1,18 @@
-// Autograd for the core ops, registered in C++ under the Autograd key (as
+// Autograd for the C++ ops, registered in C++ under the Autograd key (as
 // torchvision does): no Python on the dispatch path, so a call costs a few
 // microseconds instead of the ~17 us of a Python-registered autograd kernel.
 //
-// Backward saves only the per-sample scale vector.  grad_residual is grad_out
-// itself (cast only when the dtypes differ); grad_branch is one fused
-// sample_scale pass.  sample_scale is linear in x, so its backward is
+// Core ops: backward saves only the per-sample scale vector.  grad_residual
+// is grad_out itself (cast only when the dtypes differ); grad_branch is one
+// fused sample_scale pass.  sample_scale is linear in x, so its backward is
 // sample_scale again and double backward works.
+//
+// Skip-path ops: backward saves only the index.  scaled_index_add:
+// grad_residual = grad_out (cast only when the dtypes differ), grad_src =
+// index_scale(grad_out, index, dim, alpha, src dtype).  index_scale:
+// grad_x = scaled_index_add(zeros like x, grad_out, index, dim, alpha).  The
+// same rules as sdkernels.skip.register_index_autograd, which the Triton pair
+// uses from Python.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -31,6 +38,24 @@ at::Tensor call_sample_scale(const at::Tensor& x, const at::Tensor& scale, int64
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double,
                                          std::optional<at::ScalarType>)>();
   return op.call(x, scale, sample_dim, alpha, dtype);
+}
+
+at::Tensor call_scaled_index_add(const at::Tensor& residual, const at::Tensor& src,
+                                 const at::Tensor& index, int64_t sample_dim, double alpha) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sdkernels::scaled_index_add", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         int64_t, double)>();
+  return op.call(residual, src, index, sample_dim, alpha);
+}
+
+at::Tensor call_index_scale(const at::Tensor& grad, const at::Tensor& index, int64_t sample_dim,
+                            double alpha, std::optional<at::ScalarType> dtype) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sdkernels::index_scale", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double,
+                                         std::optional<at::ScalarType>)>();
+  return op.call(grad, index, sample_dim, alpha, dtype);
 }
 
 class SampleScaleFn : public torch::autograd::Function<SampleScaleFn> {
@@ -98,6 +123,78 @@ class ResidualAddFn : public torch::autograd::Function<ResidualAddFn> {
   }
 };
 
+class ScaledIndexAddFn : public torch::autograd::Function<ScaledIndexAddFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& residual, const at::Tensor& src,
+                            const at::Tensor& index, int64_t sample_dim, double alpha) {
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = call_scaled_index_add(residual, src, index, sample_dim, alpha);
+    }
+    ctx->save_for_backward({index});
+    ctx->saved_data["dim"] = sample_dim;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["r_dtype"] = static_cast<int64_t>(residual.scalar_type());
+    ctx->saved_data["s_dtype"] = static_cast<int64_t>(src.scalar_type());
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& g = grads[0];
+    at::Tensor gr, gs;
+    if (!g.defined()) return {gr, gs, at::Tensor(), at::Tensor(), at::Tensor()};
+    if (ctx->needs_input_grad(0)) {
+      const auto rdt = static_cast<at::ScalarType>(ctx->saved_data["r_dtype"].toInt());
+      gr = g.scalar_type() == rdt ? g : g.to(rdt);
+    }
+    if (ctx->needs_input_grad(1)) {
+      const at::Tensor index = ctx->get_saved_variables()[0];
+      gs = call_index_scale(g, index, ctx->saved_data["dim"].toInt(),
+                            ctx->saved_data["alpha"].toDouble(),
+                            static_cast<at::ScalarType>(ctx->saved_data["s_dtype"].toInt()));
+    }
+    return {gr, gs, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class IndexScaleFn : public torch::autograd::Function<IndexScaleFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& index,
+                            int64_t sample_dim, double alpha,
+                            std::optional<at::ScalarType> dtype) {
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = call_index_scale(x, index, sample_dim, alpha, dtype);
+    }
+    ctx->save_for_backward({index});
+    ctx->saved_data["dim"] = sample_dim;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    // The zeros of the backward take x's memory format (channels_last stays so).
+    ctx->saved_data["x_format"] = static_cast<int64_t>(x.suggest_memory_format());
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& g = grads[0];
+    at::Tensor gx;
+    if (g.defined() && ctx->needs_input_grad(0)) {
+      const at::Tensor index = ctx->get_saved_variables()[0];
+      const auto xdt = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+      const auto fmt = static_cast<at::MemoryFormat>(ctx->saved_data["x_format"].toInt());
+      const at::Tensor zeros =
+          at::zeros(ctx->saved_data["x_sizes"].toIntVector(), g.options().dtype(xdt).memory_format(fmt));
+      gx = call_scaled_index_add(zeros, g, index, ctx->saved_data["dim"].toInt(),
+                                 ctx->saved_data["alpha"].toDouble());
+      if (gx.scalar_type() != xdt) gx = gx.to(xdt);
+    }
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 bool needs_graph(const at::Tensor& a) {
   return at::GradMode::is_enabled() && a.requires_grad();
 }
@@ -120,11 +217,31 @@ at::Tensor sample_scale_autograd(const at::Tensor& x, const at::Tensor& scale, i
   return SampleScaleFn::apply(x, scale, sample_dim, alpha, dtype);
 }
 
+at::Tensor scaled_index_add_autograd(const at::Tensor& residual, const at::Tensor& src,
+                                     const at::Tensor& index, int64_t sample_dim, double alpha) {
+  if (!needs_graph(residual) && !needs_graph(src)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_scaled_index_add(residual, src, index, sample_dim, alpha);
+  }
+  return ScaledIndexAddFn::apply(residual, src, index, sample_dim, alpha);
+}
+
+at::Tensor index_scale_autograd(const at::Tensor& x, const at::Tensor& index, int64_t sample_dim,
+                                double alpha, std::optional<at::ScalarType> dtype) {
+  if (!needs_graph(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_index_scale(x, index, sample_dim, alpha, dtype);
+  }
+  return IndexScaleFn::apply(x, index, sample_dim, alpha, dtype);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sdkernels, Autograd, m) {
   m.impl("scaled_residual_add", &residual_add_autograd);
   m.impl("sample_scale", &sample_scale_autograd);
+  m.impl("scaled_index_add", &scaled_index_add_autograd);
+  m.impl("index_scale", &index_scale_autograd);
 }
 
 }  // namespace sdkernels

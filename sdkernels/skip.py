@@ -27,7 +27,9 @@ with ``index.numel()`` samples).  Implementations: CPU C++
 (``csrc/cpu/scaled_index_add.cpp``), CUDA (``csrc/cuda/scaled_index_add.cu``)
 and Triton (``triton_kernels/scaled_index_add.py``, registered here as
 ``sdkernels::scaled_index_add_triton`` / ``sdkernels::index_scale_triton``).
-This module registers their fake kernels and autograd: the backward saves only
+This module registers their fake kernels; their autograd (in C++,
+``csrc/autograd.cpp``, for the C++ ops; :func:`register_index_autograd` for
+the Triton pair) follows one rule: the backward saves only
 ``index``; ``grad_residual`` is ``grad_out`` itself (cast only if the dtypes
 differ) and ``grad_src = index_scale(grad_out, index, sample_dim, alpha,
 src.dtype)``; the backward of ``index_scale`` is ``scaled_index_add`` into
@@ -212,7 +214,8 @@ if HAS_EXT:
         torch._check(index.dim() == 1, lambda: "sdkernels: index must be 1-D")
         return _index_scale_out(grad, index, sample_dim, dtype)
 
-    register_index_autograd("sdkernels::scaled_index_add", "sdkernels::index_scale")
+    # Their autograd is registered in C++ (csrc/autograd.cpp): the rules of
+    # register_index_autograd without Python on the dispatch path.
 
 
 # ---------------------------------------------------------------------------
