@@ -22,7 +22,22 @@ Providers (``provider`` column):
 A step is forward, backward from a fixed random output gradient, and
 ``zero_grad(set_to_none=True)``.  Providers' steps are interleaved (A B C A B C
 ...) so slow drift on a shared machine hits all alike; each step is timed with
-a synchronised wall clock and the median is reported.  fp32 runs everything in
+a synchronised wall clock and the median is reported.
+
+Two timers (``timer`` column):
+
+- ``wall`` (default): eager steps, each launched from Python as a user runs
+  them.  On a fast GPU a small block is **launch-bound** this way: the H200
+  took 2.6-2.9 ms per eager ViT-B step at batch 64 whatever p was, about
+  twice its arithmetic at realistic bf16 throughput, so skipping samples'
+  compute cannot show and every extra host-side op counts.
+- ``graph`` (CUDA only): each provider's whole step (forward and backward)
+  is captured once into a CUDA graph and replayed (``REPLAYS_PER_SAMPLE``
+  replays per timed sample), which takes the host out: what remains is the
+  GPU work, the quantity the skip path reduces.  Only graph-safe providers
+  run (eager, fused and skip with count "fixed" draw on the device with no
+  host sync; every replay draws fresh masks / a fresh subset).  Autocast runs
+  with ``cache_enabled=False`` inside the capture, as PyTorch advises.  fp32 runs everything in
 fp32; bf16/fp16 run under autocast with fp32 weights and residual stream (the
 mixed-precision case, labelled "fp32+bf16").
 
@@ -51,6 +66,10 @@ __all__ = ["BLOCK_PROVIDERS", "BLOCKS", "DEFAULT_PS", "default_batch", "run_bloc
 BLOCK_PROVIDERS = ("eager", "fused", "skip")
 ALL_PROVIDERS = BLOCK_PROVIDERS + ("skip-bernoulli",)
 BLOCKS = ("vit_b_block", "resnet_bottleneck")
+TIMERS = ("wall", "graph")
+#: Providers a CUDA graph can hold (no host sync, draws on the device).
+GRAPH_SAFE = ("eager", "fused", "skip")
+REPLAYS_PER_SAMPLE = 5
 DEFAULT_PS = (0.1, 0.2, 0.3, 0.5)
 GOAL_MARGIN = {"cpu": 0.15, "cuda": 0.1}
 
@@ -150,6 +169,43 @@ def _step_fn(m, x, g, device: str, amp_dtype):
     return step
 
 
+def _graphed_step(m, x, g, amp_dtype, impl: str, warmup: int = 3):
+    """A callable replaying one captured CUDA graph of ``impl``'s forward+backward step.
+
+    The pattern of PyTorch's whole-network capture: warm-up steps on a side
+    stream (cuBLAS/cuDNN workspaces, lazy init), gradients set to None, then
+    one captured forward and backward.  Replays rewrite the same gradient
+    tensors and draw fresh random numbers (the generator's offsets advance
+    per replay).  The graph is returned with the callable to keep it alive.
+    """
+    def amp():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False)
+
+    m.impl = impl
+    with torch.no_grad(), amp():
+        gg = g.to(m(x).dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            with amp():
+                out = m(x)
+            out.backward(gg)
+            m.zero_grad(set_to_none=True)
+            x.grad = None
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        with amp():
+            out = m(x)
+        out.backward(gg)
+    torch.cuda.synchronize()
+    return graph.replay, graph
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -161,13 +217,16 @@ def _dtype_label(dtype: torch.dtype) -> str:
 
 def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Optional[int] = None,
                     ps: Sequence[float] = DEFAULT_PS, repeats: Optional[int] = None, progress=None,
-                    providers: Sequence[str] = BLOCK_PROVIDERS, blocks: Sequence[str] = BLOCKS) -> List[Dict]:
+                    providers: Sequence[str] = BLOCK_PROVIDERS, blocks: Sequence[str] = BLOCKS,
+                    timer: str = "wall") -> List[Dict]:
     """Rows (suite "blocks", mode "fwd+bwd") for each block, p and provider.
 
     ``dtype``: fp32 (everything fp32) or bf16/fp16 (autocast, fp32 weights and
     stream).  ``batch`` defaults to :func:`default_batch`; ``repeats`` (timed
-    steps per provider, median reported) to 5 on CPU and 20 on GPU;
-    ``progress`` is anything with ``update(n)`` (a tqdm bar) or None.
+    samples per provider, median reported) to 5 on CPU and 20 on GPU;
+    ``progress`` is anything with ``update(n)`` (a tqdm bar) or None;
+    ``timer`` is "wall" (eager steps) or "graph" (CUDA-graph replays, CUDA
+    only; see the module docstring).
     """
     from sdkernels.skip import kept_count
 
@@ -175,6 +234,14 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
     repeats = repeats or (20 if device == "cuda" else 5)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    if timer not in TIMERS:
+        raise ValueError(f"timer must be one of {TIMERS}, got {timer!r}")
+    if timer == "graph":
+        unsafe = [prov for prov in providers if prov not in GRAPH_SAFE]
+        if unsafe:
+            raise ValueError(f"timer 'graph' runs only graph-safe providers {GRAPH_SAFE}, got {unsafe}")
+        if device != "cuda" or not torch.cuda.is_available():
+            raise ValueError("timer 'graph' needs CUDA (CUDA graphs)")
     amp_dtype = None if dtype == torch.float32 else dtype
     margin = GOAL_MARGIN.get(device, 0.15)
     rows: List[Dict] = []
@@ -188,28 +255,44 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
                     "layout": "channels_last" if x.dim() == 4 else "contiguous"}
             my = [dict(base, provider=prov, status="ok", time_ms=None) for prov in providers]
             rows += my
+            graphs = []
             try:
-                step = _step_fn(m, x, g, device, amp_dtype)
-                for r in my:  # warm-up: two steps each
-                    m.impl = r["provider"]
-                    step()
-                    step()
+                if timer == "graph":
+                    # One graph per provider, all alive so the replays interleave like the eager steps.
+                    run = {}
+                    for r in my:
+                        replay, graph = _graphed_step(m, x, g, amp_dtype, r["provider"])
+                        graphs.append(graph)
+                        run[r["provider"]] = (lambda rp=replay: [rp() for _ in range(REPLAYS_PER_SAMPLE)])
+                    per_call, label = REPLAYS_PER_SAMPLE, (f"cuda_graph_replay x{REPLAYS_PER_SAMPLE}, "
+                                                           "wall_clock_sync (providers interleaved)")
+                else:
+                    step = _step_fn(m, x, g, device, amp_dtype)
+
+                    def _eager(prov, step=step):
+                        m.impl = prov
+                        step()
+
+                    run = {r["provider"]: (lambda prov=r["provider"]: _eager(prov)) for r in my}
+                    per_call, label = 1, "wall_clock_sync (providers interleaved)"
+                for r in my:  # warm-up: two samples each
+                    run[r["provider"]]()
+                    run[r["provider"]]()
                 _sync(device)
                 times: Dict[str, List[float]] = {r["provider"]: [] for r in my}
                 for _ in range(repeats):
                     for r in my:
-                        m.impl = r["provider"]
                         _sync(device)
                         t0 = time.perf_counter()
-                        step()
+                        run[r["provider"]]()
                         _sync(device)
-                        times[r["provider"]].append(time.perf_counter() - t0)
+                        times[r["provider"]].append((time.perf_counter() - t0) / per_call)
                 for r in my:
                     ts = sorted(times[r["provider"]])
                     iqr = (ts[-1] - ts[0]) if len(ts) < 4 else (statistics.quantiles(ts, n=4)[2] -
                                                                 statistics.quantiles(ts, n=4)[0])
                     r.update(time_ms=statistics.median(ts) * 1e3, n_samples=len(ts), iqr_ms=iqr * 1e3,
-                             timer="wall_clock_sync (providers interleaved)")
+                             timer=label)
                     if r["provider"] == "skip":
                         r.update(kept=k, realised_p=1.0 - k / batch,
                                  note=f"count=fixed keeps k={k} of {batch} (realised drop {1 - k / batch:.3f})")
@@ -225,10 +308,15 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
                 for r in my:
                     if r["time_ms"] is None:
                         r.update(status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
-            del m, x, g
+            del m, x, g, graphs
             if progress is not None:
                 progress.update(len(my))
     return rows
+
+
+def _timer_name(row: Dict) -> str:
+    """"graph" for rows timed by CUDA-graph replay, else "wall" (rows written before the timer option too)."""
+    return "graph" if str(row.get("timer") or "").startswith("cuda_graph") else "wall"
 
 
 def plot_blocks(rows: Sequence[Dict], path: str, margin: float) -> Optional[str]:
@@ -244,12 +332,13 @@ def plot_blocks(rows: Sequence[Dict], path: str, margin: float) -> Optional[str]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     groups: Dict[tuple, List[Dict]] = {}
     for r in sel:
-        groups.setdefault((r["op"], r["provider"]), []).append(r)
+        groups.setdefault((r["op"], r["provider"], _timer_name(r)), []).append(r)
     styles = {"vit_b_block": "-", "resnet_bottleneck": "--"}
-    for (op, prov), rs in sorted(groups.items()):
+    several = len({k[2] for k in groups}) > 1
+    for (op, prov, tm), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["p"])
-        ax.plot([r["p"] for r in rs], [r["speedup_vs_eager"] for r in rs], styles.get(op, "-"), marker="o",
-                label=f"{op} {prov}")
+        ax.plot([r["p"] for r in rs], [r["speedup_vs_eager"] for r in rs], styles.get(op, "-"),
+                marker="s" if tm == "graph" else "o", label=f"{op} {prov}" + (f" ({tm})" if several else ""))
     ps = sorted({r["p"] for r in sel})
     grid = [min(ps) + (max(ps) - min(ps)) * i / 50 for i in range(51)]
     ax.plot(grid, [1 / ((1 - p) + margin) for p in grid], color="k", lw=1, ls=":",
@@ -285,6 +374,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--providers", default=",".join(BLOCK_PROVIDERS), help=f"among {', '.join(ALL_PROVIDERS)}")
     ap.add_argument("--blocks", default=",".join(BLOCKS))
+    ap.add_argument("--timer", default="wall",
+                    help="wall (eager steps), graph (CUDA-graph replays, CUDA only) or both: wall,graph")
+    ap.add_argument("--no-plot", action="store_true", help="write the CSV only (the PNG can be drawn from it later)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (torch.set_num_threads); 1 is steadier on a CPU shared with other jobs")
     ap.add_argument("--name", default=None, help="output file stem (default blocks-<device>-<date>)")
@@ -297,24 +389,34 @@ def main(argv=None) -> int:
     ps = [float(v) for v in a.ps.split(",") if v.strip()]
     env = report.environment(a.device)
     t0 = time.monotonic()
-    rows = run_block_suite(a.device, dt, a.batch, ps, a.repeats,
-                           providers=[s.strip() for s in a.providers.split(",") if s.strip()],
-                           blocks=[s.strip() for s in a.blocks.split(",") if s.strip()])
+    timers = [t.strip() for t in a.timer.split(",") if t.strip()]
+    bad = [t for t in timers if t not in TIMERS]
+    if bad or not timers:
+        ap.error(f"--timer: unknown {bad or a.timer!r}; valid: {', '.join(TIMERS)}")
+    if "graph" in timers and (a.device != "cuda" or not torch.cuda.is_available()):
+        ap.error("--timer graph needs a CUDA device (it times CUDA-graph replays)")
+    provs = [s.strip() for s in a.providers.split(",") if s.strip()]
+    rows = []
+    for t in timers:
+        rows += run_block_suite(a.device, dt, a.batch, ps, a.repeats,
+                                providers=[pv for pv in provs if t != "graph" or pv in GRAPH_SAFE],
+                                blocks=[s.strip() for s in a.blocks.split(",") if s.strip()], timer=t)
     report.finish_rows(rows, env)
     tag = os.path.basename(report.output_stem(env, os.path.join(a.out, "__no_such_dir__"), None))  # e.g. cpu-2026-11-27
     stem = report.output_stem(env, a.out, a.name or f"blocks-{tag}")
     report.write_csv(rows, stem + ".csv")
     margin = GOAL_MARGIN.get(a.device, 0.15)
-    png = plot_blocks(rows, stem + ".png", margin)
-    print(f"{'block':20s} {'p':>4s} {'provider':15s} {'ms':>9s} {'t/eager':>8s} {'goal':>6s}")
+    png = None if a.no_plot else plot_blocks(rows, stem + ".png", margin)
+    print(f"{'block':20s} {'p':>4s} {'provider':15s} {'timer':6s} {'ms':>9s} {'t/eager':>8s} {'goal':>6s}")
     for r in rows:
+        tm = _timer_name(r)
         if r["status"] != "ok":
-            print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {r['status']}: {r.get('note')}")
+            print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {tm:6s} {r['status']}: {r.get('note')}")
             continue
         goal = r.get("goal_ratio")
         ratio = r.get("time_ratio_vs_eager")
         verdict = "" if goal is None or ratio is None else ("ok" if ratio <= goal else "MISS")
-        print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {r['time_ms']:9.2f} "
+        print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {tm:6s} {r['time_ms']:9.2f} "
               f"{ratio if ratio is not None else float('nan'):8.3f} {goal if goal else float('nan'):6.3f} {verdict}")
     print(f"wrote {stem}.csv" + (f" and {png}" if png else "") + f" in {time.monotonic() - t0:.0f} s")
     return 0

@@ -6,14 +6,16 @@
 #
 # Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 290); each
 # step's limit is min(its cap, time left - what the later steps need), caps/reserves in seconds:
-#   build 120 (leaves 165), import 30, tests 100 (leaves 120), memcheck 45 (leaves 90), bench the rest
+#   build 120 (leaves 165), import 30, tests-cuda 210 (leaves 150), tests-rest 90 (leaves 120),
+#   memcheck 45 (leaves 90), blocks 90 (leaves 60), bench the rest
 #   1. build   pip install --no-build-isolation --no-deps -e .  (FORCE_CUDA=1, the GPU's arch only)
 #   2. import  the cuda (and triton) backends are available
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
-#   5. bench   python -m benchmarks (the default suite; --time-limit keeps it inside the budget)
-# Logs, CSV, table and plots go to $OUT when set (at most 7 files: gpu_check.log, summary.txt,
-# <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png), else to a fresh folder under
+#   5. blocks  python -m benchmarks.blocks, eager and CUDA-graph timers (90, leaves 60)
+#   6. bench   python -m benchmarks (the default suite; --time-limit keeps it inside the budget)
+# Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
+# blocks-<date>.csv, <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png), else to a fresh folder under
 # benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
 set -u
 set -o pipefail
@@ -22,7 +24,7 @@ DRY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$arg' (valid: --dry-run, --help)" >&2; exit 2 ;;
     esac
 done
@@ -162,7 +164,24 @@ else
     record memcheck "$ST" "${ERRS:-no sanitizer summary}; $(grep -E '^sanitize_case' "$STEP_OUT" | tail -n 1 | cut -c1-70)"
 fi
 
-# ---- 5. benchmark ------------------------------------------------------------------------------
+# ---- 5. block suite (skip path, issue 5) -----------------------------------------------------
+# Eager steps (wall) and CUDA-graph replays (graph: the GPU work alone), in one CSV.
+if [ "$DRY" = 1 ]; then
+    BLK=("$PY" -m benchmarks.blocks --device cpu --batch 2 --ps 0.5 --repeats 1 --blocks resnet_bottleneck
+         --no-plot --out "$DEST" --name blocks-dry-run)
+else
+    BLK=("$PY" -m benchmarks.blocks --device cuda --timer wall,graph --ps 0.1,0.3,0.5 --repeats 10
+         --no-plot --out "$DEST" --name "blocks-$(date +%Y-%m-%d)")
+fi
+if [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record blocks SKIP "sdkernels does not import"
+else
+    run_step blocks "${GPU_BLOCKS_CAP:-90}" 60 "${BLK[@]}"
+    grep -E "^(block |vit_b_block|resnet_bottleneck)" "$STEP_OUT" > "$DEST/.blocks_table" 2>/dev/null
+    record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)$' "$DEST/.blocks_table") skip rows: $(grep -c ' ok$' "$DEST/.blocks_table") meet the goal"
+fi
+
+# ---- 6. benchmark ------------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
     # Tiny and compile-free (a cold torch.compile costs ~20 s on 2 cores): the logic, not the numbers.
     BENCH=("$PY" -m benchmarks --quick --device cpu --sizes small --repeats 2 --out "$DEST" --name bench-dry-run
@@ -173,7 +192,7 @@ else
     BENCH=("$PY" -m benchmarks --device cuda --out "$DEST" --no-progress --time-limit "$TL")
     run_step bench 600 5 "${BENCH[@]}"
 fi
-CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | head -n 1)
+CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | grep -v '/blocks-' | head -n 1)
 NROWS=0
 [ -n "$CSV" ] && NROWS=$(( $(wc -l < "$CSV") - 1 ))
 NPNG=$(ls "$DEST"/*.png 2>/dev/null | wc -l)
@@ -191,6 +210,11 @@ FAILED=0
         printf '%-9s %-11s %5s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${DETAIL[$i]}"
         case "${STATUS[$i]}" in FAIL|TIMEOUT) FAILED=1 ;; esac
     done
+    if [ -s "$DEST/.blocks_table" ]; then
+        echo
+        echo "block suite (time / eager; goal for skip (1 - p) + margin):"
+        cat "$DEST/.blocks_table"
+    fi
     if [ -n "$CSV" ]; then
         echo
         echo "headline ($(basename "$CSV")):"
@@ -199,7 +223,7 @@ FAILED=0
     echo
     echo "files in $DEST: $(cd "$DEST" && ls | tr '\n' ' ')"
 } > "$DEST/summary.txt"
-rm -f "$DEST"/.step-*.log
+rm -f "$DEST"/.step-*.log "$DEST/.blocks_table"
 cat "$DEST/summary.txt" >> "$LOG"
 cat "$DEST/summary.txt"
 exit $FAILED

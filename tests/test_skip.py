@@ -946,6 +946,61 @@ def test_block_suite_smoke():
     assert all(r["kept"] == 1 and r["goal_ratio"] == pytest.approx(0.65) for r in skip)
 
 
+def test_block_suite_timer_checks():
+    blocks = pytest.importorskip("benchmarks.blocks")
+    with pytest.raises(ValueError, match="timer must be one of"):
+        blocks.run_block_suite("cpu", batch=2, ps=[0.5], repeats=1, timer="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            blocks.run_block_suite("cpu", batch=2, ps=[0.5], repeats=1, timer="graph")
+    with pytest.raises(ValueError, match="graph-safe"):
+        blocks.run_block_suite("cuda", batch=2, ps=[0.5], repeats=1, timer="graph", providers=["eager", "skip-bernoulli"])
+    assert blocks._timer_name({"timer": "cuda_graph_replay x5, wall_clock_sync"}) == "graph"
+    assert blocks._timer_name({"timer": "wall_clock_sync (providers interleaved)"}) == "wall"
+    assert blocks._timer_name({}) == "wall"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_block_suite_graph_timer_cuda():
+    """The CUDA-graph timer captures every graph-safe provider's fwd+bwd step and replays it."""
+    blocks = pytest.importorskip("benchmarks.blocks")
+    rows = blocks.run_block_suite("cuda", torch.bfloat16, batch=4, ps=[0.5], repeats=2, timer="graph",
+                                  blocks=["resnet_bottleneck"])
+    assert [r["provider"] for r in rows] == list(blocks.BLOCK_PROVIDERS)
+    for r in rows:
+        assert r["status"] == "ok", r.get("note")
+        assert r["timer"].startswith("cuda_graph") and r["time_ms"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_skip_step_matches_eager_with_same_subset():
+    """A replayed graph of the skip path computes what eager computes for the subset it drew.
+
+    Replays draw fresh subsets; with the RNG state reset before a replay and
+    before an eager step, both keep the same samples and their gradients agree.
+    """
+    blocks = pytest.importorskip("benchmarks.blocks")
+    torch.manual_seed(0)
+    m = blocks.Bottleneck(0.5, channels=16, width=4).cuda().train().to(memory_format=torch.channels_last)
+    m.impl = "skip"
+    x = torch.randn(6, 16, 8, 8, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn_like(x)
+    replay, graph = blocks._graphed_step(m, x, g, None, "skip")
+    grads = []
+    for _ in range(2):
+        torch.cuda.manual_seed(123)
+        replay()
+        torch.cuda.synchronize()
+        grads.append(x.grad.clone())
+    assert torch.equal(grads[0], grads[1])  # same seed, same subset, same result
+    torch.cuda.manual_seed(124)
+    replay()
+    assert not torch.equal(x.grad, grads[0])  # a fresh subset
+    del graph
+
+
 def test_import_without_triton():
     import subprocess
     import sys
