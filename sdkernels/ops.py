@@ -18,7 +18,7 @@ import torch
 
 from ._ext import HAS_EXT
 
-__all__ = ["out_like", "register_pair_autograd"]
+__all__ = ["out_like", "pair_autograd_rules", "register_pair_autograd"]
 
 
 def out_like(residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
@@ -38,16 +38,17 @@ def _callable(op):
     return op
 
 
-def register_pair_autograd(residual_add_op, sample_scale_op) -> None:
-    """Register autograd for a (scaled_residual_add, sample_scale)-shaped pair of ops.
+def pair_autograd_rules(sample_scale_fn):
+    """The autograd rules of a (scaled_residual_add, sample_scale) pair, given the sample_scale to call.
 
-    ``residual_add_op(residual, branch, scale, sample_dim, alpha)`` and
-    ``sample_scale_op(x, scale, sample_dim, alpha, dtype)``.  Both are linear
-    in their tensor inputs, so their backwards are ``sample_scale_op`` again
-    and double backward works.  ``scale`` is a mask, not differentiable.
-    Ops may be given by name ("sdkernels::...") or as op objects.
+    Returns ``(setup_residual_add, backward_residual_add, setup_sample_scale,
+    backward_sample_scale)`` in the ``torch.library.register_autograd`` form
+    (``setup(ctx, inputs, output)``, ``backward(ctx, grad)``).  Both ops are
+    linear in their tensor inputs, so their backwards are ``sample_scale_fn``
+    again and double backward works.  ``scale`` is a mask, not differentiable;
+    it is the only tensor saved.  Used by :func:`register_pair_autograd` and by
+    the Triton backend's eager fast path (``sdkernels.triton_ops``).
     """
-    call_sample_scale = _callable(sample_scale_op)
 
     def setup_residual_add(ctx, inputs, output):
         residual, branch, scale, sample_dim, alpha = inputs
@@ -63,7 +64,7 @@ def register_pair_autograd(residual_add_op, sample_scale_op) -> None:
         if ctx.needs_input_grad[0]:
             g_residual = grad if grad.dtype == ctx.residual_dtype else grad.to(ctx.residual_dtype)
         if ctx.needs_input_grad[1]:
-            g_branch = call_sample_scale(grad, scale, ctx.sample_dim, ctx.alpha, ctx.branch_dtype)
+            g_branch = sample_scale_fn(grad, scale, ctx.sample_dim, ctx.alpha, ctx.branch_dtype)
         return g_residual, g_branch, None, None, None
 
     def setup_sample_scale(ctx, inputs, output):
@@ -77,11 +78,23 @@ def register_pair_autograd(residual_add_op, sample_scale_op) -> None:
         (scale,) = ctx.saved_tensors
         g_x = None
         if ctx.needs_input_grad[0]:
-            g_x = call_sample_scale(grad, scale, ctx.sample_dim, ctx.alpha, ctx.x_dtype)
+            g_x = sample_scale_fn(grad, scale, ctx.sample_dim, ctx.alpha, ctx.x_dtype)
         return g_x, None, None, None, None
 
-    torch.library.register_autograd(residual_add_op, backward_residual_add, setup_context=setup_residual_add)
-    torch.library.register_autograd(sample_scale_op, backward_sample_scale, setup_context=setup_sample_scale)
+    return setup_residual_add, backward_residual_add, setup_sample_scale, backward_sample_scale
+
+
+def register_pair_autograd(residual_add_op, sample_scale_op) -> None:
+    """Register autograd for a (scaled_residual_add, sample_scale)-shaped pair of ops.
+
+    ``residual_add_op(residual, branch, scale, sample_dim, alpha)`` and
+    ``sample_scale_op(x, scale, sample_dim, alpha, dtype)``, with the rules of
+    :func:`pair_autograd_rules`.  Ops may be given by name ("sdkernels::...")
+    or as op objects.
+    """
+    setup_add, backward_add, setup_scale, backward_scale = pair_autograd_rules(_callable(sample_scale_op))
+    torch.library.register_autograd(residual_add_op, backward_add, setup_context=setup_add)
+    torch.library.register_autograd(sample_scale_op, backward_scale, setup_context=setup_scale)
 
 
 if HAS_EXT:

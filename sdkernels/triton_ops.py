@@ -15,11 +15,34 @@ function as their fake kernel.
 
 Importing this module registers the ``"triton"`` backend of
 :mod:`sdkernels.functional`; it raises ImportError when Triton is missing.
+
+Eager fast path.  The backend does not call the ops above directly but
+:func:`_eager_scaled_residual_add` / :func:`_eager_sample_scale`.  In plain
+eager mode these run the ops' own body (same checks, errors, allocation and
+kernels; the launch unwrapped) under a private ``torch.autograd.Function``
+with the rules of :func:`sdkernels.ops.pair_autograd_rules` (saves
+only ``scale``; the backward is the fast-path ``sample_scale`` again, so
+double backward works), and record no autograd node when nothing requires
+grad.  Why: the torch.library layers (custom-op dispatch, ``OpOverload``
+calls, default filling, the generated autograd Function and its redispatch)
+are pure host overhead, and dominate at small sizes: on an H200 the Triton
+path took 145 us forward at 8x16x64 (the C++ op 28 us) and a flat ~325 us
+backward from 64x197x768 to 256x197x1024; on CPU with the launch stubbed
+out, forward plus backward cost 113 us against 42 us for the C++ op.
+When: the fast path is taken only when not ``torch.compiler.is_compiling()``,
+with no TorchDispatchMode (FakeTensorMode, FlopCounterMode...) or
+TorchFunctionMode active, no functorch transform, no JIT tracing, no
+forward-mode AD level, and every tensor argument a plain ``torch.Tensor`` (or
+``nn.Parameter``) and the scalars of the schema's types; otherwise the call
+goes to the registered op, exactly as before.  ``scaled_residual_add`` and
+``sample_scale`` below stay the ops (for opcheck, ``torch.compile``, fake
+kernels).
 """
 import contextlib
 from typing import Optional  # no `from __future__ import annotations`: older torch infers schemas from real types
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import functional, ops
 from .triton_kernels import drop_path as _k
@@ -112,9 +135,8 @@ def _in_layout_of(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return dst
 
 
-def _scaled_residual_add(
-    residual: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor, sample_dim: int, alpha: float = 1.0
-) -> torch.Tensor:
+def _residual_add_impl(residual, branch, scale, sample_dim, alpha, wrap):
+    """The body of ``scaled_residual_add_triton``; ``wrap`` is :func:`_wrap` in the op, identity in the fast path."""
     _check_float(residual, "residual")
     _check_float(branch, "branch")
     if residual.shape != branch.shape:
@@ -133,13 +155,12 @@ def _scaled_residual_add(
     b = _in_layout_of(branch, out)
     n, inner = _k.plan(out, dim, sc.numel())
     with _launch_device(out):
-        _k.launch_scaled_residual_add(out, r, b, sc, alpha, n, inner, wrap=_wrap)
+        _k.launch_scaled_residual_add(out, r, b, sc, alpha, n, inner, wrap=wrap)
     return out
 
 
-def _sample_scale(
-    x: torch.Tensor, scale: torch.Tensor, sample_dim: int, alpha: float = 1.0, dtype: Optional[torch.dtype] = None
-) -> torch.Tensor:
+def _sample_scale_impl(x, scale, sample_dim, alpha, dtype, wrap):
+    """The body of ``sample_scale_triton``; ``wrap`` as in :func:`_residual_add_impl`."""
     _check_float(x, "x")
     out_dtype = x.dtype if dtype is None else dtype
     if out_dtype not in _FLOATS:
@@ -153,8 +174,21 @@ def _sample_scale(
     xs = _in_layout_of(x, out)
     n, inner = _k.plan(out, dim, sc.numel())
     with _launch_device(out):
-        _k.launch_sample_scale(out, xs, sc, alpha, n, inner, wrap=_wrap)
+        _k.launch_sample_scale(out, xs, sc, alpha, n, inner, wrap=wrap)
     return out
+
+
+# The functions registered as the ops (their annotations give the schema on torch < 2.7).
+def _scaled_residual_add(
+    residual: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor, sample_dim: int, alpha: float = 1.0
+) -> torch.Tensor:
+    return _residual_add_impl(residual, branch, scale, sample_dim, alpha, _wrap)
+
+
+def _sample_scale(
+    x: torch.Tensor, scale: torch.Tensor, sample_dim: int, alpha: float = 1.0, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    return _sample_scale_impl(x, scale, sample_dim, alpha, dtype, _wrap)
 
 
 def _register(name: str, fn, schema: str):
@@ -177,4 +211,100 @@ scaled_residual_add = torch.ops.sdkernels.scaled_residual_add_triton.default
 #: ``torch.ops.sdkernels.sample_scale_triton.default`` (signature of the C++ op).
 sample_scale = torch.ops.sdkernels.sample_scale_triton.default
 
-functional.register_backend("triton", scaled_residual_add, sample_scale, DEVICES, AVAILABLE)
+
+# ---- eager fast path ----------------------------------------------------------------------------
+# What the "triton" backend of sdkernels.functional calls (see the module docstring): the ops' own
+# body and the autograd rules of ops.register_pair_autograd, without the torch.library layers.
+
+_C = torch._C
+_PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})  # no __torch_function__ / __torch_dispatch__ of their own
+_NUMBERS = frozenset({int, float})  # what the schema's `float alpha` takes (not bool)
+_is_compiling = torch.compiler.is_compiling
+
+
+def _unwrapped(kernel):
+    """The fast path's ``wrap``: launch the Triton kernel itself (no ``wrap_triton``)."""
+    return kernel
+
+
+def _eager(*tensors) -> bool:
+    """True when a call may skip the registered op: plain eager mode, plain tensors.
+
+    Anything that must see the op (torch.compile / export, a TorchDispatchMode such as
+    FakeTensorMode or FlopCounterMode, a TorchFunctionMode, functorch transforms, the JIT
+    tracer, forward-mode AD, tensor subclasses) takes the op instead.  ``is_compiling``
+    comes first: under dynamo it is the constant True and the rest is never traced.
+    """
+    if _is_compiling():
+        return False
+    for t in tensors:
+        if type(t) not in _PLAIN_TENSORS:
+            return False
+    return not (
+        _C._len_torch_dispatch_stack()
+        or _C._is_torch_function_mode_enabled()
+        or _C._are_functorch_transforms_active()
+        or _C._get_tracing_state() is not None
+        or _forward_ad._current_level >= 0
+    )
+
+
+def _rules_sample_scale(*args):
+    return _eager_sample_scale(*args)  # differentiable: double backward records sample_scale again
+
+
+_SETUP_ADD, _BACKWARD_ADD, _SETUP_SCALE, _BACKWARD_SCALE = ops.pair_autograd_rules(_rules_sample_scale)
+
+
+class _ResidualAddFn(torch.autograd.Function):
+    """Autograd of the fast path: the rules of ops.pair_autograd_rules (saves only ``scale``)."""
+
+    @staticmethod
+    def forward(ctx, residual, branch, scale, sample_dim, alpha):
+        _SETUP_ADD(ctx, (residual, branch, scale, sample_dim, alpha), None)
+        return _residual_add_impl(residual, branch, scale, sample_dim, alpha, _unwrapped)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _BACKWARD_ADD(ctx, grad)
+
+
+class _SampleScaleFn(torch.autograd.Function):
+    """Autograd of the fast path's sample_scale: sample_scale again, into x's dtype (saves only ``scale``)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, sample_dim, alpha, dtype):
+        _SETUP_SCALE(ctx, (x, scale, sample_dim, alpha, dtype), None)
+        return _sample_scale_impl(x, scale, sample_dim, alpha, dtype, _unwrapped)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _BACKWARD_SCALE(ctx, grad)
+
+
+def _eager_scaled_residual_add(residual, branch, scale, sample_dim, alpha=1.0):
+    """``scaled_residual_add_triton`` without torch.library in plain eager mode; the op otherwise."""
+    if type(sample_dim) is int and type(alpha) in _NUMBERS and _eager(residual, branch, scale):
+        alpha = float(alpha)
+        if _C.is_grad_enabled() and (residual.requires_grad or branch.requires_grad or scale.requires_grad):
+            return _ResidualAddFn.apply(residual, branch, scale, sample_dim, alpha)
+        return _residual_add_impl(residual, branch, scale, sample_dim, alpha, _unwrapped)
+    return scaled_residual_add(residual, branch, scale, sample_dim, alpha)
+
+
+def _eager_sample_scale(x, scale, sample_dim, alpha=1.0, dtype=None):
+    """``sample_scale_triton`` without torch.library in plain eager mode; the op otherwise."""
+    if (
+        type(sample_dim) is int
+        and type(alpha) in _NUMBERS
+        and (dtype is None or type(dtype) is torch.dtype)
+        and _eager(x, scale)
+    ):
+        alpha = float(alpha)
+        if _C.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return _SampleScaleFn.apply(x, scale, sample_dim, alpha, dtype)
+        return _sample_scale_impl(x, scale, sample_dim, alpha, dtype, _unwrapped)
+    return sample_scale(x, scale, sample_dim, alpha, dtype)
+
+
+functional.register_backend("triton", _eager_scaled_residual_add, _eager_sample_scale, DEVICES, AVAILABLE)

@@ -93,7 +93,11 @@ def test_backend_is_registered_for_cpu():
     assert "triton" in sdkernels.available_backends()
     be = sdkernels.functional._BACKENDS["triton"]
     assert be.devices == frozenset({"cpu", "cuda"})
-    assert be.residual_add is torch.ops.sdkernels.scaled_residual_add_triton.default
+    # The backend calls the eager fast path (tests/test_triton_fastpath.py), which falls back to
+    # the registered ops, still exported as T.scaled_residual_add / T.sample_scale.
+    assert be.residual_add is T._eager_scaled_residual_add and be.sample_scale is T._eager_sample_scale
+    assert T.scaled_residual_add is torch.ops.sdkernels.scaled_residual_add_triton.default
+    assert T.sample_scale is torch.ops.sdkernels.sample_scale_triton.default
     # "auto" keeps the C++ kernel on CPU.
     if "cpu" in sdkernels.available_backends():
         assert sdkernels.functional._auto_backend("cpu", 1 << 30).name == "cpu"
