@@ -220,6 +220,12 @@ _C = torch._C
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})  # no __torch_function__ / __torch_dispatch__ of their own
 _NUMBERS = frozenset({int, float})  # what the schema's `float alpha` takes (not bool)
 _is_compiling = torch.compiler.is_compiling
+# The probes of _eager; a torch without one of them takes the ops every time.
+_PROBES_OK = all(
+    hasattr(_C, name)
+    for name in ("_len_torch_dispatch_stack", "_is_torch_function_mode_enabled",
+                 "_are_functorch_transforms_active", "_get_tracing_state")
+) and hasattr(_forward_ad, "_current_level")
 
 
 def _unwrapped(kernel):
@@ -235,7 +241,7 @@ def _eager(*tensors) -> bool:
     tracer, forward-mode AD, tensor subclasses) takes the op instead.  ``is_compiling``
     comes first: under dynamo it is the constant True and the rest is never traced.
     """
-    if _is_compiling():
+    if _is_compiling() or not _PROBES_OK:
         return False
     for t in tensors:
         if type(t) not in _PLAIN_TENSORS:

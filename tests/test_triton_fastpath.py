@@ -326,6 +326,17 @@ def test_eager_takes_the_fast_path(op_spy):
     assert op_spy == []
 
 
+def test_torch_without_the_probes_takes_the_op(op_spy, monkeypatch):
+    """On a torch lacking one of _eager's probes (older or newer internals) every call goes to the op."""
+    monkeypatch.setattr(T, "_PROBES_OK", False)
+    r, b = _pair((6, 5, 33), torch.float32, torch.float32)
+    scale, alpha = _keep(6, 0.5)
+    want = OP_ADD(r, b, scale, 0, alpha)
+    _same(FAST_ADD(r, b, scale, 0, alpha), want)
+    FAST_SCALE(b, scale, 0, alpha, None)
+    assert op_spy == ["scaled_residual_add", "sample_scale"]
+
+
 def test_op_path_gradfn_name():
     # The spies above tell the paths apart by these names: make sure the op's differs.
     r, b = _leaf(torch.randn(4, 3)), _leaf(torch.randn(4, 3))
