@@ -69,8 +69,12 @@ def available_backends() -> Tuple[str, ...]:
 # p=0.1: cuda 84 us (94% of copy bandwidth) vs triton 96 us; 2048x8x4096
 # seq-first: 107 vs 234 us; backward 256x197x1024: 56 vs 329 us; host-bound
 # 8x16x64: 28 vs 145 us.  So "auto" takes the C++ op whenever it is built and
-# Triton only where it is not (TRITON_MIN_NUMEL = inf); revisit when the
-# Triton kernels are tuned on a GPU.
+# Triton only where it is not (TRITON_MIN_NUMEL = inf).  Those Triton times
+# were host-bound (the backward was a flat ~325 us from 64x197x768 to
+# 256x197x1024): the torch.library layers cost more than the kernels.  The
+# Triton backend's eager fast path (sdkernels/triton_ops.py) has since halved
+# that host time (stubbed-launch CPU check: fwd+bwd 114 -> 67 us, the C++ op
+# 38 us); re-measure on a GPU before changing this rule.
 TRITON_MIN_NUMEL = float("inf")
 
 
