@@ -176,7 +176,8 @@ def _graphed_step(m, x, g, amp_dtype, impl: str, warmup: int = 3):
     stream (cuBLAS/cuDNN workspaces, lazy init), gradients set to None, then
     one captured forward and backward.  Replays rewrite the same gradient
     tensors and draw fresh random numbers (the generator's offsets advance
-    per replay).  The graph is returned with the callable to keep it alive.
+    per replay).  Returns ``(replay, keep)``: hold ``keep`` (the graph and the
+    gradient it reads) as long as ``replay`` is used.
     """
     def amp():
         if amp_dtype is None:
@@ -203,7 +204,7 @@ def _graphed_step(m, x, g, amp_dtype, impl: str, warmup: int = 3):
             out = m(x)
         out.backward(gg)
     torch.cuda.synchronize()
-    return graph.replay, graph
+    return graph.replay, (graph, gg)  # the graph reads gg: keep it alive with the graph
 
 
 def _sync(device: str) -> None:
@@ -218,7 +219,7 @@ def _dtype_label(dtype: torch.dtype) -> str:
 def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Optional[int] = None,
                     ps: Sequence[float] = DEFAULT_PS, repeats: Optional[int] = None, progress=None,
                     providers: Sequence[str] = BLOCK_PROVIDERS, blocks: Sequence[str] = BLOCKS,
-                    timer: str = "wall") -> List[Dict]:
+                    timer: str = "wall", deadline: Optional[float] = None) -> List[Dict]:
     """Rows (suite "blocks", mode "fwd+bwd") for each block, p and provider.
 
     ``dtype``: fp32 (everything fp32) or bf16/fp16 (autocast, fp32 weights and
@@ -226,7 +227,9 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
     samples per provider, median reported) to 5 on CPU and 20 on GPU;
     ``progress`` is anything with ``update(n)`` (a tqdm bar) or None;
     ``timer`` is "wall" (eager steps) or "graph" (CUDA-graph replays, CUDA
-    only; see the module docstring).
+    only; see the module docstring); ``deadline`` (a ``time.monotonic()``
+    value) stops starting new (block, p) groups once passed: their rows come
+    back with status "skipped".
     """
     from sdkernels.skip import kept_count
 
@@ -255,15 +258,27 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
                     "layout": "channels_last" if x.dim() == 4 else "contiguous"}
             my = [dict(base, provider=prov, status="ok", time_ms=None) for prov in providers]
             rows += my
+            if deadline is not None and time.monotonic() > deadline:
+                for r in my:
+                    r.update(status="skipped", note="time limit reached")
+                del m, x, g
+                continue
             graphs = []
             try:
                 if timer == "graph":
-                    # One graph per provider, all alive so the replays interleave like the eager steps.
+                    # One graph per provider, all alive so the replays interleave like the eager steps;
+                    # a provider whose capture fails is reported as an error, the others still run.
                     run = {}
                     for r in my:
-                        replay, graph = _graphed_step(m, x, g, amp_dtype, r["provider"])
-                        graphs.append(graph)
+                        try:
+                            replay, keep = _graphed_step(m, x, g, amp_dtype, r["provider"])
+                        except Exception as e:  # noqa: BLE001
+                            r.update(status="error", note=f"capture: {type(e).__name__}: {str(e)[:200]}")
+                            torch.cuda.synchronize()
+                            continue
+                        graphs.append(keep)
                         run[r["provider"]] = (lambda rp=replay: [rp() for _ in range(REPLAYS_PER_SAMPLE)])
+                    my = [r for r in my if r["provider"] in run]
                     per_call, label = REPLAYS_PER_SAMPLE, (f"cuda_graph_replay x{REPLAYS_PER_SAMPLE}, "
                                                            "wall_clock_sync (providers interleaved)")
                 else:
@@ -362,6 +377,7 @@ def plot_blocks(rows: Sequence[Dict], path: str, margin: float) -> Optional[str]
 def main(argv=None) -> int:
     import argparse
     import os
+    import sys
 
     from . import report
 
@@ -376,6 +392,8 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", default=",".join(BLOCKS))
     ap.add_argument("--timer", default="wall",
                     help="wall (eager steps), graph (CUDA-graph replays, CUDA only) or both: wall,graph")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="seconds: start no new (block, p) group after this (its rows are marked skipped)")
     ap.add_argument("--no-plot", action="store_true", help="write the CSV only (the PNG can be drawn from it later)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (torch.set_num_threads); 1 is steadier on a CPU shared with other jobs")
@@ -396,11 +414,13 @@ def main(argv=None) -> int:
     if "graph" in timers and (a.device != "cuda" or not torch.cuda.is_available()):
         ap.error("--timer graph needs a CUDA device (it times CUDA-graph replays)")
     provs = [s.strip() for s in a.providers.split(",") if s.strip()]
+    deadline = None if a.time_limit is None else time.monotonic() + a.time_limit
     rows = []
     for t in timers:
         rows += run_block_suite(a.device, dt, a.batch, ps, a.repeats,
                                 providers=[pv for pv in provs if t != "graph" or pv in GRAPH_SAFE],
-                                blocks=[s.strip() for s in a.blocks.split(",") if s.strip()], timer=t)
+                                blocks=[s.strip() for s in a.blocks.split(",") if s.strip()], timer=t,
+                                deadline=deadline)
     report.finish_rows(rows, env)
     tag = os.path.basename(report.output_stem(env, os.path.join(a.out, "__no_such_dir__"), None))  # e.g. cpu-2026-11-27
     stem = report.output_stem(env, a.out, a.name or f"blocks-{tag}")
@@ -419,7 +439,10 @@ def main(argv=None) -> int:
         print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {tm:6s} {r['time_ms']:9.2f} "
               f"{ratio if ratio is not None else float('nan'):8.3f} {goal if goal else float('nan'):6.3f} {verdict}")
     print(f"wrote {stem}.csv" + (f" and {png}" if png else "") + f" in {time.monotonic() - t0:.0f} s")
-    return 0
+    errors = [r for r in rows if r["status"] == "error"]
+    if errors:
+        print(f"{len(errors)} row(s) failed", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -172,9 +172,14 @@ class IndexScaleFn : public torch::autograd::Function<IndexScaleFn> {
     ctx->saved_data["dim"] = sample_dim;
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    ctx->saved_data["x_sizes"] = x.sizes().vec();
-    // The zeros of the backward take x's memory format (channels_last stays so).
-    ctx->saved_data["x_format"] = static_cast<int64_t>(x.suggest_memory_format());
+    // x's sample count (a SymInt: symbolic under torch.compile) and layout, for
+    // the zeros of the backward: g has x's sizes but k samples along the dim.
+    const int64_t dim = sample_dim < 0 ? sample_dim + x.dim() : sample_dim;
+    ctx->saved_data["wrapped_dim"] = dim;
+    ctx->saved_data["x_n"] = x.sym_size(dim);
+    // channels_last stays so (the rule of sdkernels.skip.register_index_autograd).
+    ctx->saved_data["x_channels_last"] =
+        x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
     return out;
   }
 
@@ -184,9 +189,11 @@ class IndexScaleFn : public torch::autograd::Function<IndexScaleFn> {
     if (g.defined() && ctx->needs_input_grad(0)) {
       const at::Tensor index = ctx->get_saved_variables()[0];
       const auto xdt = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
-      const auto fmt = static_cast<at::MemoryFormat>(ctx->saved_data["x_format"].toInt());
-      const at::Tensor zeros =
-          at::zeros(ctx->saved_data["x_sizes"].toIntVector(), g.options().dtype(xdt).memory_format(fmt));
+      const auto fmt = ctx->saved_data["x_channels_last"].toBool() ? at::MemoryFormat::ChannelsLast
+                                                                    : at::MemoryFormat::Contiguous;
+      std::vector<c10::SymInt> sizes = g.sym_sizes().vec();
+      sizes[ctx->saved_data["wrapped_dim"].toInt()] = ctx->saved_data["x_n"].toSymInt();
+      const at::Tensor zeros = at::empty_symint(sizes, g.options().dtype(xdt), fmt).zero_();
       gx = call_scaled_index_add(zeros, g, index, ctx->saved_data["dim"].toInt(),
                                  ctx->saved_data["alpha"].toDouble());
       if (gx.scalar_type() != xdt) gx = gx.to(xdt);
