@@ -228,20 +228,12 @@ TRITON_IMPORT_ERROR: Optional[BaseException] = None
 
 def _register_triton():
     from .triton_kernels import scaled_index_add as tk
+    # The core Triton ops' devices, launch wrapper, sample-dim check, and their "allocate,
+    # launch nothing" on fake tensors under the interpreter (where an op's fake kernel is its body).
+    from .triton_ops import AVAILABLE as available, DEVICES as devices
+    from .triton_ops import _skip_launch as skip_launch, _wrap as wrap, _wrap_dim as wrap_dim
 
     interpret = tk.INTERPRET
-    devices = frozenset({"cuda", "cpu"} if interpret else {"cuda"})
-    available = bool(interpret or torch.cuda.is_available())
-    wrap = (lambda kern: kern) if interpret else torch.library.wrap_triton
-
-    def skip_launch(t):
-        # Under the interpreter the op is a custom_op whose fake kernel is this
-        # same function on fake tensors: allocate, launch nothing.
-        if not interpret:
-            return False
-        from torch._subclasses.fake_tensor import is_fake
-
-        return is_fake(t)
 
     def check(t, name):
         if not t.is_floating_point():
@@ -256,13 +248,6 @@ def _register_triton():
             raise ValueError(f"sdkernels: index must be 1-D, got shape {tuple(index.shape)}")
         if index.device != device:
             raise ValueError(f"sdkernels: index is on {index.device} but the tensors are on {device}")
-
-    def wrap_dim(sample_dim, nd):
-        if nd < 1:
-            raise IndexError("sdkernels: a 0-dim tensor has no sample dim")
-        if not -nd <= sample_dim < nd:
-            raise IndexError(f"sdkernels: sample_dim {sample_dim} is out of range for a tensor of {nd} dims")
-        return sample_dim % nd
 
     def scaled_index_add_triton(
         residual: torch.Tensor, src: torch.Tensor, index: torch.Tensor, sample_dim: int, alpha: float
