@@ -7,37 +7,21 @@ path is really taken in eager mode, and that dispatch modes, ``torch.compile`` a
 tensor subclasses still see the ops.  Run under the interpreter, in its own
 process:  ``TRITON_INTERPRET=1 pytest -m triton_interpret``.
 """
-import os
-
 import pytest
+
+from _interpret import triton_ops_under_interpreter
 
 pytestmark = pytest.mark.triton_interpret
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip(
-        "Triton interpreter tests need TRITON_INTERPRET=1 in the environment before import; "
-        "run them in their own process: TRITON_INTERPRET=1 pytest -m triton_interpret",
-        allow_module_level=True,
-    )
-pytest.importorskip("triton", reason="Triton is not installed")
+T, K = triton_ops_under_interpreter()
 
 import torch  # noqa: E402
 from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
 import sdkernels  # noqa: E402
 from sdkernels import functional  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
-
-try:
-    from sdkernels import triton_ops as T
-    from sdkernels.triton_kernels import drop_path as K
-except ImportError as e:  # pragma: no cover
-    pytest.skip(f"sdkernels.triton_ops does not import: {e}", allow_module_level=True)
-
-if not K.INTERPRET:  # pragma: no cover
-    pytest.skip("sdkernels.triton_kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 OP_ADD = torch.ops.sdkernels.scaled_residual_add_triton.default
 OP_SCALE = torch.ops.sdkernels.sample_scale_triton.default

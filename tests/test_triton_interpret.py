@@ -6,35 +6,19 @@ before sdkernels imports Triton).  Shapes are small (the interpreter is slow)
 but chosen to hit both kernel shapes, row tails, several blocks per row, a
 tile spanning many rows, one sample, and ``inner == 1``.
 """
-import os
-
 import pytest
+
+from _interpret import triton_ops_under_interpreter
 
 pytestmark = pytest.mark.triton_interpret
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip(
-        "Triton interpreter tests need TRITON_INTERPRET=1 in the environment before import; "
-        "run them in their own process: TRITON_INTERPRET=1 pytest -m triton_interpret",
-        allow_module_level=True,
-    )
-pytest.importorskip("triton", reason="Triton is not installed")
+T, K = triton_ops_under_interpreter()
 
 import torch  # noqa: E402
 from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
-
 import sdkernels  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
 from _tolerances import assert_close  # noqa: E402
-
-try:
-    from sdkernels import triton_ops as T
-    from sdkernels.triton_kernels import drop_path as K
-except ImportError as e:  # pragma: no cover
-    pytest.skip(f"sdkernels.triton_ops does not import: {e}", allow_module_level=True)
-
-if not K.INTERPRET:  # pragma: no cover
-    pytest.skip("sdkernels.triton_kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 BE = "triton"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
