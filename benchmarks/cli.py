@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds; measurements not started by then are recorded as skipped, and outputs still written")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    ap.add_argument("--no-graph-timer", action="store_true",
+                    help="CUDA: skip the second timing of each op row as a captured CUDA graph "
+                         "(gpu_ms: the kernels' time without host overhead)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--list", action="store_true", help="print the valid names and exit")
     return ap
@@ -180,7 +183,10 @@ def main(argv=None) -> int:
 
     try:
         if plans:
-            opsuite.run_ops(plans, device, repeats, bar, deadline, rows)
+            gpu_timer = None
+            if device == "cuda" and not a.no_graph_timer:
+                from .timing import time_cuda_graph as gpu_timer
+            opsuite.run_ops(plans, device, repeats, bar, deadline, rows, gpu_timer=gpu_timer)
             phase("ops")
         if "e2e" in suites:
             e2e.run_e2e(device, e2e_ps, e2e_batch, e2e_repeats, size="vit-ti-block" if a.quick else "vit-b-block",

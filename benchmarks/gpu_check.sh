@@ -223,7 +223,7 @@ FAILED=0
     if [ -n "$CSV" ]; then
         echo
         echo "headline ($(basename "$CSV")):"
-        "$PY" -m benchmarks.report "$CSV" --headline 2>/dev/null | cut -c1-230 | head -n 40
+        "$PY" -m benchmarks.report "$CSV" --headline 2>/dev/null | cut -c1-400 | head -n 40
     fi
     echo
     echo "files in $DEST: $(cd "$DEST" && ls | tr '\n' ' ')"

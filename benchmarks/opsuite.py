@@ -11,6 +11,12 @@ Modes (inputs are leaf tensors; "grad" means they require grad, as in training):
 
 Peak memory is measured for fwd+bwd, after all timings (see
 :func:`benchmarks.timing.peak_memory`), by :func:`measure_memory`.
+
+On CUDA each row is timed twice: as a user calls it (``time_ms``: CUDA events
+with an L2 flush, or a wall-clock loop on host-bound sizes) and, with
+``gpu_timer`` (:func:`benchmarks.timing.time_cuda_graph`), as a captured CUDA
+graph (``gpu_ms``: the kernels alone).  Where the two differ the call is
+host-bound, and only ``gpu_ms`` says what its kernels do.
 """
 from __future__ import annotations
 
@@ -149,10 +155,15 @@ def _base_row(plan: OpPlan, x_dtypes=None) -> Dict:
 
 
 def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
-            deadline: Optional[float] = None, rows: Optional[List[Dict]] = None) -> List[Dict]:
+            deadline: Optional[float] = None, rows: Optional[List[Dict]] = None,
+            gpu_timer: Optional[Callable] = None) -> List[Dict]:
     """Measure every plan; one row per plan (skipped and failed ones included), appended to ``rows``.
 
     Rows are appended as they are measured, so an interrupted run keeps them.
+    ``gpu_timer(make_fn, repeats) -> Timing`` (:func:`benchmarks.timing.time_cuda_graph`
+    on CUDA) adds ``gpu_ms`` to every row it can time; ``make_fn()`` builds the
+    call afresh (a backward's forward recorded first).  A row it cannot time
+    keeps its ``time_ms`` and says why in ``note``.
     """
     rows = [] if rows is None else rows
     inputs: Optional[_Inputs] = None
@@ -199,13 +210,41 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
                         warmed=plan.provider not in P.BASELINES)
             row.update(time_ms=t.median * 1e3, iqr_ms=t.iqr * 1e3, n_samples=t.n, timer=t.method)
         except Exception as e:  # a failing provider must not stop the suite
-            row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            row.update(status="error", note=f"{type(e).__name__}: {_first_line(e)}")
         finally:
             fn = None
+        if gpu_timer is not None and row["status"] == "ok":
+            _gpu_time(row, gpu_timer, plan, x, repeats, device)
         row["cost_s"] = time.perf_counter() - t_start
         if progress is not None:
             progress.update(1)
     return rows
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else ""
+
+
+def _gpu_time(row: Dict, gpu_timer: Callable, plan: OpPlan, x: _Inputs, repeats: int, device: str) -> None:
+    """``row["gpu_ms"]`` from ``gpu_timer``, or the reason it failed appended to the row's note."""
+    if plan.provider in P.BASELINES:
+        def make():
+            return _baseline_fn(plan.provider, x)
+    else:
+        fwd = P.make_forward(plan.provider, plan.op, plan.p, x.sample_dim)
+
+        def make():
+            return _mode_fn(fwd, plan.mode, x)
+    try:
+        t = gpu_timer(make, repeats)
+        row["gpu_ms"] = t.median * 1e3
+    except Exception as e:  # e.g. a provider that syncs with the host cannot be captured
+        why = f"gpu timer: {type(e).__name__}: {_first_line(e)[:120]}"
+        row["note"] = f"{row['note']}; {why}" if row.get("note") else why
+        try:
+            _sync(device)
+        except Exception:  # noqa: BLE001 - the row already says what failed
+            pass
 
 
 def measure_memory(rows: List[Dict], cases: Sequence[Case], device: str, progress=None,

@@ -180,6 +180,78 @@ def test_run_ops_measures_and_reports_errors(monkeypatch):
     assert rows[1]["status"] == "ok"
 
 
+def _cpu_stand_in_for_graph_timer(calls):
+    """A gpu_timer with time_cuda_graph's protocol, timing on CPU: records how it was called."""
+    from benchmarks.timing import time_cpu
+
+    def timer(make_fn, repeats):
+        fn = make_fn()
+        calls.append(repeats)
+        return time_cpu(fn, 1)
+
+    return timer
+
+
+def test_run_ops_gpu_timer_columns():
+    """run_ops hands every ok row to gpu_timer; finish_rows derives the gpu_* columns; table and headline show them."""
+    case = S.Case(S.SIZES["small"], "fp32")
+    plans = opsuite.plan_ops(["drop_path_add"], [case], ["eager_timm", "sdk-cpu", "copy", "sdk-cuda"],
+                             ["fwd", "bwd"], [0.5])
+    calls = []
+    rows = opsuite.run_ops(plans, "cpu", repeats=2, gpu_timer=_cpu_stand_in_for_graph_timer(calls))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 5 and len(calls) == 5 and set(calls) == {2}  # skipped sdk-cuda rows are not timed
+    assert all(r["gpu_ms"] > 0 for r in ok)
+    assert all(r.get("gpu_ms") is None for r in rows if r["status"] != "ok")
+    report.finish_rows(rows, report.environment("cpu"))
+    for r in ok:
+        if r["provider"] != "copy":
+            assert r["gpu_frac_copy"] == pytest.approx(
+                (r["bytes"] / r["gpu_ms"]) / (_row(ok, "copy", "copy")["bytes"] / _row(ok, "copy", "copy")["gpu_ms"]))
+    f = _row(ok, "sdk-cpu", "fwd")
+    assert f["gpu_speedup_vs_eager"] == pytest.approx(_row(ok, "eager_timm", "fwd")["gpu_ms"] / f["gpu_ms"])
+    assert f.get("gpu_speedup_vs_compile") is None  # no compile row in this run
+    table = report.format_table(rows)
+    assert "gcopy%" in table and "gEager" in table
+    assert "GPU only: fwd " in report.headline(rows)
+
+
+def _row(rows, provider, mode):
+    return next(r for r in rows if r["provider"] == provider and r["mode"] == mode)
+
+
+def test_run_ops_gpu_timer_failure_keeps_the_row():
+    case = S.Case(S.SIZES["small"], "fp32")
+    plans = opsuite.plan_ops(["drop_path_add"], [case], ["sdk-cpu"], ["fwd"], [0.5])
+
+    def failing(make_fn, repeats):
+        make_fn()
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    rows = opsuite.run_ops(plans, "cpu", repeats=1, gpu_timer=failing)
+    assert rows[0]["status"] == "ok" and rows[0]["time_ms"] > 0 and rows[0].get("gpu_ms") is None
+    assert "gpu timer: RuntimeError: operation not permitted" in rows[0]["note"]
+    report.finish_rows(rows, report.environment("cpu"))
+    assert "gcopy%" not in report.format_table(rows)  # no gpu columns when no row has gpu_ms
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_ops_graph_timer_cuda():
+    """time_cuda_graph captures every mode of every CUDA provider (the bwd mode's forward recorded on its stream)."""
+    from benchmarks.timing import time_cuda_graph
+
+    provs = ["eager_timm", "eager_tv", "sdk-cuda", "copy", "scale"] + (["sdk-triton"] if "sdk-triton" in P.all_providers() else [])
+    plans = opsuite.plan_ops(["drop_path_add", "drop_path"], [S.Case(S.SIZES["vit-b"], "bf16")], provs,
+                             ["fwd", "bwd", "fwd+bwd"], [0.1])
+    rows = opsuite.run_ops(plans, "cuda", repeats=5, gpu_timer=time_cuda_graph)
+    bad = [(r["provider"], r["mode"], r.get("note")) for r in rows
+           if r["status"] != "ok" or not r.get("gpu_ms") or "gpu timer" in (r.get("note") or "")]
+    assert not bad, bad
+    # The graph has no host overhead: never much slower than the event-timed call.
+    assert all(r["gpu_ms"] < 1.5 * r["time_ms"] + 0.01 for r in rows), [(r["provider"], r["mode"], r["time_ms"], r["gpu_ms"]) for r in rows]
+
+
 def test_eager_seq_first_matches_reference_draw():
     # seq-first eager code drops whole samples along dim 1, like the fused op
     x = torch.randn(5, 6, 7)
