@@ -41,6 +41,14 @@ Two timers (``timer`` column):
 fp32; bf16/fp16 run under autocast with fp32 weights and residual stream (the
 mixed-precision case, labelled "fp32+bf16").
 
+``--profile`` (wall timer only) adds, per provider, what one step costs the
+host and the GPU, from ``torch.profiler`` over ``PROFILE_STEPS`` steps:
+``aten_ops_per_step`` (top-level ATen calls, the host's dispatch work),
+``launches_per_step`` (CUDA kernels, memsets and copies) and
+``gpu_busy_ms`` (their summed device time per step).  On a launch-bound GPU
+``gpu_busy_ms`` is well under ``time_ms`` and the launch counts say where the
+host time goes.
+
 The goal (issue 5): ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
 0.1 on a GPU (bf16, batch 64) and 0.15 on CPU (fp32).  Rows carry
 ``time_ratio_vs_eager``, ``goal_ratio``, ``kept`` and ``realised_p``.
@@ -70,6 +78,7 @@ TIMERS = ("wall", "graph")
 #: Providers a CUDA graph can hold (no host sync, draws on the device).
 GRAPH_SAFE = ("eager", "fused", "skip")
 REPLAYS_PER_SAMPLE = 5
+PROFILE_STEPS = 3
 DEFAULT_PS = (0.1, 0.2, 0.3, 0.5)
 GOAL_MARGIN = {"cpu": 0.15, "cuda": 0.1}
 
@@ -212,6 +221,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _profile(run_one, device: str, steps: int = PROFILE_STEPS) -> Dict[str, Optional[float]]:
+    """Per-step counts from ``torch.profiler`` over ``steps`` calls of ``run_one`` (see the module docstring)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            run_one()
+        _sync(device)
+    aten = launches = 0
+    busy_us = 0.0
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            launches += 1
+            busy_us += e.time_range.elapsed_us()
+        elif e.name.startswith("aten::"):
+            parent = e.cpu_parent
+            if parent is None or not parent.name.startswith("aten::"):
+                aten += 1
+    return {
+        "aten_ops_per_step": aten / steps,
+        "launches_per_step": launches / steps if device == "cuda" else None,
+        "gpu_busy_ms": busy_us / steps / 1e3 if device == "cuda" else None,
+    }
+
+
 def _dtype_label(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "fp32+bf16", torch.float16: "fp32+fp16"}[dtype]
 
@@ -219,7 +256,7 @@ def _dtype_label(dtype: torch.dtype) -> str:
 def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Optional[int] = None,
                     ps: Sequence[float] = DEFAULT_PS, repeats: Optional[int] = None, progress=None,
                     providers: Sequence[str] = BLOCK_PROVIDERS, blocks: Sequence[str] = BLOCKS,
-                    timer: str = "wall", deadline: Optional[float] = None) -> List[Dict]:
+                    timer: str = "wall", deadline: Optional[float] = None, profile: bool = False) -> List[Dict]:
     """Rows (suite "blocks", mode "fwd+bwd") for each block, p and provider.
 
     ``dtype``: fp32 (everything fp32) or bf16/fp16 (autocast, fp32 weights and
@@ -229,7 +266,8 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
     ``timer`` is "wall" (eager steps) or "graph" (CUDA-graph replays, CUDA
     only; see the module docstring); ``deadline`` (a ``time.monotonic()``
     value) stops starting new (block, p) groups once passed: their rows come
-    back with status "skipped".
+    back with status "skipped"; ``profile`` (wall timer only) adds the
+    per-step counts of :func:`_profile` to every timed row.
     """
     from sdkernels.skip import kept_count
 
@@ -239,6 +277,8 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
     if timer not in TIMERS:
         raise ValueError(f"timer must be one of {TIMERS}, got {timer!r}")
+    if profile and timer != "wall":
+        raise ValueError("profile runs with timer 'wall' only (a replayed graph has no host side to profile)")
     if timer == "graph":
         unsafe = [prov for prov in providers if prov not in GRAPH_SAFE]
         if unsafe:
@@ -308,6 +348,8 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
                                                                 statistics.quantiles(ts, n=4)[0])
                     r.update(time_ms=statistics.median(ts) * 1e3, n_samples=len(ts), iqr_ms=iqr * 1e3,
                              timer=label)
+                    if profile:
+                        r.update(_profile(run[r["provider"]], device))
                     if r["provider"] == "skip":
                         r.update(kept=k, realised_p=1.0 - k / batch,
                                  note=f"count=fixed keeps k={k} of {batch} (realised drop {1 - k / batch:.3f})")
@@ -374,6 +416,10 @@ def plot_blocks(rows: Sequence[Dict], path: str, margin: float) -> Optional[str]
     return path
 
 
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def main(argv=None) -> int:
     import argparse
     import os
@@ -394,6 +440,9 @@ def main(argv=None) -> int:
                     help="wall (eager steps), graph (CUDA-graph replays, CUDA only) or both: wall,graph")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds: start no new (block, p) group after this (its rows are marked skipped)")
+    ap.add_argument("--profile", action="store_true",
+                    help="wall-timer rows: also count ATen calls, CUDA launches and GPU busy time per step "
+                         "(torch.profiler)")
     ap.add_argument("--no-plot", action="store_true", help="write the CSV only (the PNG can be drawn from it later)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (torch.set_num_threads); 1 is steadier on a CPU shared with other jobs")
@@ -420,14 +469,15 @@ def main(argv=None) -> int:
         rows += run_block_suite(a.device, dt, a.batch, ps, a.repeats,
                                 providers=[pv for pv in provs if t != "graph" or pv in GRAPH_SAFE],
                                 blocks=[s.strip() for s in a.blocks.split(",") if s.strip()], timer=t,
-                                deadline=deadline)
+                                deadline=deadline, profile=a.profile and t == "wall")
     report.finish_rows(rows, env)
     tag = os.path.basename(report.output_stem(env, os.path.join(a.out, "__no_such_dir__"), None))  # e.g. cpu-2026-11-27
     stem = report.output_stem(env, a.out, a.name or f"blocks-{tag}")
     report.write_csv(rows, stem + ".csv")
     margin = GOAL_MARGIN.get(a.device, 0.15)
     png = None if a.no_plot else plot_blocks(rows, stem + ".png", margin)
-    print(f"{'block':20s} {'p':>4s} {'provider':15s} {'timer':6s} {'ms':>9s} {'t/eager':>8s} {'goal':>6s}")
+    print(f"{'block':20s} {'p':>4s} {'provider':15s} {'timer':6s} {'ms':>9s} {'t/eager':>8s} {'goal':>6s}"
+          + ("  [aten/step launches/step gpu-busy-ms]" if a.profile else ""))
     for r in rows:
         tm = _timer_name(r)
         if r["status"] != "ok":
@@ -436,8 +486,12 @@ def main(argv=None) -> int:
         goal = r.get("goal_ratio")
         ratio = r.get("time_ratio_vs_eager")
         verdict = "" if goal is None or ratio is None else ("ok" if ratio <= goal else "MISS")
+        prof = ""
+        if r.get("aten_ops_per_step") is not None:
+            prof = (f"  [{r['aten_ops_per_step']:.0f} {_num(r.get('launches_per_step'), '.0f')} "
+                    f"{_num(r.get('gpu_busy_ms'), '.2f')}]")
         print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {tm:6s} {r['time_ms']:9.2f} "
-              f"{ratio if ratio is not None else float('nan'):8.3f} {goal if goal else float('nan'):6.3f} {verdict}")
+              f"{ratio if ratio is not None else float('nan'):8.3f} {goal if goal else float('nan'):6.3f} {verdict}{prof}")
     print(f"wrote {stem}.csv" + (f" and {png}" if png else "") + f" in {time.monotonic() - t0:.0f} s")
     errors = [r for r in rows if r["status"] == "error"]
     if errors:

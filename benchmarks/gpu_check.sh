@@ -12,7 +12,7 @@
 #   2. import  the cuda (and triton) backends are available
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
-#   5. blocks  python -m benchmarks.blocks, eager and CUDA-graph timers (90, leaves 60)
+#   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers (90, leaves 60)
 #   6. bench   python -m benchmarks (the default suite; --time-limit keeps it inside the budget)
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
 # blocks-<date>.csv, <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png), else to a fresh folder under
@@ -170,7 +170,7 @@ if [ "$DRY" = 1 ]; then
     BLK=("$PY" -m benchmarks.blocks --device cpu --batch 2 --ps 0.5 --repeats 1 --blocks resnet_bottleneck
          --no-plot --out "$DEST" --name blocks-dry-run)
 else
-    BLK=("$PY" -m benchmarks.blocks --device cuda --timer wall,graph --ps 0.1,0.3,0.5 --repeats 10
+    BLK=("$PY" -m benchmarks.blocks --device cuda --timer wall,graph --profile --ps 0.1,0.3,0.5 --repeats 10
          --no-plot --out "$DEST" --name "blocks-$(date +%Y-%m-%d)")
 fi
 if [ "$IMPORT_OK" != 0 ]; then
@@ -183,7 +183,7 @@ else
     [ "$BLIM" -gt "$BCAP" ] && BLIM=$BCAP
     run_step blocks "$BCAP" 60 "${BLK[@]}" --time-limit $(( BLIM > 30 ? BLIM - 20 : 10 ))
     grep -E "^(block |vit_b_block|resnet_bottleneck)" "$STEP_OUT" > "$DEST/.blocks_table" 2>/dev/null
-    record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)$' "$DEST/.blocks_table") skip rows: $(grep -c ' ok$' "$DEST/.blocks_table") meet the goal"
+    record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)(  \[|$)' "$DEST/.blocks_table") skip rows: $(grep -c -E ' ok(  \[|$)' "$DEST/.blocks_table") meet the goal"
 fi
 
 # ---- 6. benchmark ------------------------------------------------------------------------------

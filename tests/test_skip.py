@@ -987,6 +987,23 @@ def test_block_suite_smoke():
     assert all(r["kept"] == 1 and r["goal_ratio"] == pytest.approx(0.65) for r in skip)
 
 
+def test_block_suite_profile_counts():
+    """--profile counts each provider's ATen calls per step: the skip path's extra ops (randperm, the fused
+    gather/scatter allocations) are there, eager's bernoulli_/div_/mul are not, and CUDA-only columns stay empty."""
+    blocks = pytest.importorskip("benchmarks.blocks")
+    rows = blocks.run_block_suite("cpu", torch.float32, batch=2, ps=[0.5], repeats=1, blocks=["resnet_bottleneck"],
+                                  profile=True)
+    by = {r["provider"]: r for r in rows}
+    for r in rows:
+        assert r["status"] == "ok", r.get("note")
+        assert r["aten_ops_per_step"] > 10 and r["launches_per_step"] is None and r["gpu_busy_ms"] is None
+        assert r["aten_ops_per_step"] == int(r["aten_ops_per_step"])  # the same count every step
+    # One residual: eager adds bernoulli_ + div_ + mul (+ mul, add in the backward) over fused's one op each way.
+    assert by["fused"]["aten_ops_per_step"] < by["eager"]["aten_ops_per_step"]
+    with pytest.raises(ValueError, match="profile runs with timer 'wall' only"):
+        blocks.run_block_suite("cuda", batch=2, ps=[0.5], repeats=1, timer="graph", profile=True)
+
+
 def test_block_suite_timer_checks():
     blocks = pytest.importorskip("benchmarks.blocks")
     with pytest.raises(ValueError, match="timer must be one of"):
@@ -1012,6 +1029,19 @@ def test_block_suite_graph_timer_cuda():
     for r in rows:
         assert r["status"] == "ok", r.get("note")
         assert r["timer"].startswith("cuda_graph") and r["time_ms"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_block_suite_profile_cuda():
+    """On CUDA --profile counts kernel launches and their device time per step."""
+    blocks = pytest.importorskip("benchmarks.blocks")
+    rows = blocks.run_block_suite("cuda", torch.bfloat16, batch=4, ps=[0.5], repeats=2, blocks=["resnet_bottleneck"],
+                                  profile=True)
+    for r in rows:
+        assert r["status"] == "ok", r.get("note")
+        assert r["launches_per_step"] >= 10 and r["aten_ops_per_step"] >= 10
+        assert 0 < r["gpu_busy_ms"] < 2 * r["time_ms"]  # one stream: kernels cannot outlast the step by much
 
 
 @pytest.mark.cuda
