@@ -28,13 +28,19 @@ runtime (Triton's launcher, Inductor) gives float scalars.
 
 The launchers take ``wrap`` (``torch.library.wrap_triton`` from a
 ``triton_op``; identity otherwise) and do no allocation: the caller passes
-``out`` and inputs already in ``out``'s strides.
+``out`` and inputs already in ``out``'s strides.  An optional
+:class:`LaunchConfig` overrides the launch heuristics (kernel shape, block,
+warps) for tuning sweeps (``benchmarks/triton_sweep.py``);
+:func:`launch_params` says what a launch will use.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import struct
+from dataclasses import dataclass
+from typing import Optional
 
 import triton
 import triton.language as tl
@@ -42,8 +48,11 @@ import triton.language as tl
 __all__ = [
     "INTERPRET",
     "ROW_KERNEL_MIN_INNER",
+    "LaunchConfig",
+    "LaunchParams",
     "split_alpha",
     "plan",
+    "launch_params",
     "launch_scaled_residual_add",
     "launch_sample_scale",
     "KERNELS",
@@ -61,6 +70,12 @@ ROW_KERNEL_MIN_INNER = 1024
 _MAX_BLOCK = 4096  # elements per program of the row kernel (16 per thread at 8 warps)
 _TILE = 4096  # elements per program of the tile kernel (ROWS * COLS)
 _MAX_WASTE = 0.125  # the row kernel's block size leaves at most this idle fraction per row when it can
+
+# Bounds of a LaunchConfig (the heuristics stay well inside them).
+_CONFIG_WARPS = (1, 2, 4, 8, 16)
+_CONFIG_MAX_BLOCK = 1 << 16  # elements per program (Triton allows 2**20 per tensor)
+_CONFIG_MAX_PER_THREAD = 256  # elements per thread: 65536 on one warp took > 10 min to compile for sm_90
+_MAX_GRID = 2**31 - 1  # programs on grid axis 0
 
 
 # ----------------------------------------------------------------------------
@@ -225,6 +240,7 @@ def _f32(x: float) -> float:
         return math.copysign(math.inf, x)
 
 
+@functools.lru_cache(maxsize=64)  # a model has a few drop rates; every launch splits one
 def split_alpha(alpha: float):
     """(hi, mid, lo) fp32 values with hi == float32(alpha) and hi + mid + lo == alpha in fp64.
 
@@ -280,39 +296,174 @@ def _num_warps(block: int) -> int:
     return max(1, min(8, block // 256))
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Overrides of the launch heuristics; a field left ``None`` keeps the heuristic's choice.
+
+    * ``block``: elements per program, a power of two from 1 to 65536: the row
+      kernel's ``BLOCK``, or the tile kernel's ``ROWS * COLS`` (``COLS`` stays
+      the next power of two >= ``inner``, ``ROWS = max(1, block // COLS)``).
+    * ``num_warps``: 1, 2, 4, 8 or 16.
+    * ``rows_kernel``: True forces the row kernel, False the tile kernel (whose
+      tile holds whole rows, so it needs ``next_pow2(inner) <= 65536``).
+
+    Field values are checked here; what depends on the tensor (tile size,
+    grid, at most 256 elements per thread) is checked by :func:`launch_params`.
+    Every check raises ``ValueError`` naming the field.
+    """
+
+    block: Optional[int] = None
+    num_warps: Optional[int] = None
+    rows_kernel: Optional[bool] = None
+
+    def __post_init__(self):
+        b = self.block
+        if b is not None:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b & (b - 1) or b > _CONFIG_MAX_BLOCK:
+                raise ValueError(
+                    f"LaunchConfig: block must be a power of two from 1 to {_CONFIG_MAX_BLOCK} (or None), got {b!r}"
+                )
+        w = self.num_warps
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w not in _CONFIG_WARPS):
+            raise ValueError(f"LaunchConfig: num_warps must be one of {_CONFIG_WARPS} (or None), got {w!r}")
+        if self.rows_kernel is not None and not isinstance(self.rows_kernel, bool):
+            raise ValueError(f"LaunchConfig: rows_kernel must be True, False or None, got {self.rows_kernel!r}")
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``rows b4096 w8`` (``auto`` / ``b-`` / ``w-`` for fields left to the heuristics)."""
+        kind = {None: "auto", True: "rows", False: "tiles"}[self.rows_kernel]
+        b = "-" if self.block is None else self.block
+        w = "-" if self.num_warps is None else self.num_warps
+        return f"{kind} b{b} w{w}"
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    """What a launch uses: the kernel shape, its constants, warps and grid (from :func:`launch_params`).
+
+    ``block`` is the elements per program (``BLOCK``, or ``rows * cols`` for the
+    tile kernel); ``nblk`` the row kernel's programs per row and ``nrows`` the
+    tile kernel's row count (0 for the other kernel, as ``rows`` / ``cols``).
+    """
+
+    rows_kernel: bool
+    block: int
+    num_warps: int
+    grid: int
+    nblk: int = 0
+    nrows: int = 0
+    rows: int = 0
+    cols: int = 0
+
+    @property
+    def config(self) -> LaunchConfig:
+        """The :class:`LaunchConfig` that reproduces this launch exactly."""
+        return LaunchConfig(block=self.block, num_warps=self.num_warps, rows_kernel=self.rows_kernel)
+
+    @property
+    def label(self) -> str:
+        """``rows b4096 w8`` or ``tiles 16x256 w8``."""
+        if self.rows_kernel:
+            return f"rows b{self.block} w{self.num_warps}"
+        return f"tiles {self.rows}x{self.cols} w{self.num_warps}"
+
+
+def _check_launch(lp: LaunchParams, config: LaunchConfig, inner: int) -> None:
+    """The checks of a configured launch that depend on the tensor (ValueError naming the field)."""
+    if not lp.rows_kernel and lp.cols > _CONFIG_MAX_BLOCK:
+        raise ValueError(
+            f"LaunchConfig: rows_kernel=False needs whole rows in one tile, but a row of inner={inner} elements "
+            f"needs {lp.cols} columns (at most {_CONFIG_MAX_BLOCK}); use the row kernel"
+        )
+    per_thread = lp.block // (32 * lp.num_warps)
+    if per_thread > _CONFIG_MAX_PER_THREAD:  # only with num_warps given: the heuristic's warps keep it <= 256
+        raise ValueError(
+            f"LaunchConfig: num_warps: {lp.block} elements per program on {lp.num_warps} warps is {per_thread} "
+            f"elements per thread (at most {_CONFIG_MAX_PER_THREAD}); raise num_warps or lower block"
+        )
+    if lp.grid > _MAX_GRID:
+        raise ValueError(
+            f"LaunchConfig: block: the launch needs {lp.grid} programs (at most {_MAX_GRID}); use a larger block"
+            + (" or the tile kernel (rows_kernel)" if lp.rows_kernel and inner < ROW_KERNEL_MIN_INNER else "")
+        )
+
+
+def launch_params(inner: int, numel: int, config: Optional[LaunchConfig] = None) -> LaunchParams:
+    """The launch of a dense tensor of ``numel`` elements in rows of ``inner``, as the launchers make it.
+
+    ``config`` (a :class:`LaunchConfig`) overrides the heuristics field by field;
+    ``None`` keeps them.  A configured launch that cannot run raises ``ValueError``.
+    """
+    if config is None:
+        if type(inner) is int and type(numel) is int:  # not SymInts (tracing): cached, a launch costs host time
+            return _heuristic_params(inner, numel, ROW_KERNEL_MIN_INNER, _MAX_BLOCK, _TILE)
+        return _params(inner, numel, _NO_CONFIG)
+    if not isinstance(config, LaunchConfig):
+        raise TypeError(f"config must be a LaunchConfig or None, got {type(config).__name__}")
+    lp = _params(inner, numel, config)
+    _check_launch(lp, config, inner)
+    return lp
+
+
+_NO_CONFIG = LaunchConfig()
+
+
+@functools.lru_cache(maxsize=512)
+def _heuristic_params(inner: int, numel: int, _min_inner: int, _max_block: int, _tile: int) -> LaunchParams:
+    # The heuristics' module constants are part of the key: tests patch them.
+    return _params(inner, numel, _NO_CONFIG)
+
+
+def _params(inner, numel, cfg: LaunchConfig) -> LaunchParams:
+    use_rows = cfg.rows_kernel
+    if use_rows is None:
+        use_rows = inner >= ROW_KERNEL_MIN_INNER or inner == numel
+    if use_rows:
+        block = _row_block(inner) if cfg.block is None else cfg.block
+        nblk = -(-inner // block)
+        rows = numel // inner
+        warps = _num_warps(block) if cfg.num_warps is None else cfg.num_warps
+        return LaunchParams(True, block, warps, rows * nblk, nblk=nblk)
+    cols = _next_pow2(inner)
+    nrows = numel // inner
+    if cfg.block is None:
+        rows_per = max(1, _TILE // cols)
+        if INTERPRET:
+            rows_per = min(rows_per, _next_pow2(nrows))
+    else:
+        rows_per = max(1, cfg.block // cols)
+    warps = _num_warps(rows_per * cols) if cfg.num_warps is None else cfg.num_warps
+    return LaunchParams(False, rows_per * cols, warps, -(-nrows // rows_per), nrows=nrows, rows=rows_per, cols=cols)
+
+
 def _identity(kernel):
     return kernel
 
 
-def _launch(rows_kernel, tiles_kernel, tensors, scale, alpha, n, inner, acc64, wrap):
+def _launch(rows_kernel, tiles_kernel, tensors, scale, alpha, n, inner, acc64, wrap, config=None):
     numel = tensors[0].numel()
+    lp = launch_params(inner, numel, config)
     hi, mid, lo = split_alpha(alpha)
     wrap = wrap or _identity
-    if inner >= ROW_KERNEL_MIN_INNER or inner == numel:
-        block = _row_block(inner)
-        nblk = -(-inner // block)
-        rows = numel // inner
-        wrap(rows_kernel)[(rows * nblk,)](
-            *tensors, scale, hi, mid, lo, inner, n, nblk,
-            BLOCK=block, ACC64=acc64, num_warps=_num_warps(block),
+    if lp.rows_kernel:
+        wrap(rows_kernel)[(lp.grid,)](
+            *tensors, scale, hi, mid, lo, inner, n, lp.nblk,
+            BLOCK=lp.block, ACC64=acc64, num_warps=lp.num_warps,
         )
     else:
-        cols = _next_pow2(inner)
-        rows_per = max(1, _TILE // cols)
-        nrows = numel // inner
-        if INTERPRET:
-            rows_per = min(rows_per, _next_pow2(nrows))
-        wrap(tiles_kernel)[(-(-nrows // rows_per),)](
-            *tensors, scale, hi, mid, lo, inner, n, nrows,
-            ROWS=rows_per, COLS=cols, ACC64=acc64, num_warps=_num_warps(rows_per * cols),
+        wrap(tiles_kernel)[(lp.grid,)](
+            *tensors, scale, hi, mid, lo, inner, n, lp.nrows,
+            ROWS=lp.rows, COLS=lp.cols, ACC64=acc64, num_warps=lp.num_warps,
         )
 
 
-def launch_scaled_residual_add(out, residual, branch, scale, alpha, n, inner, wrap=None):
+def launch_scaled_residual_add(out, residual, branch, scale, alpha, n, inner, wrap=None, *, config=None):
     """out = residual + branch * (scale[s] * alpha) (kept), residual (dropped, branch unread).
 
     All three tensors dense with ``out``'s strides; ``scale`` contiguous fp32/fp64
     holding ``n`` values (or one, with ``n == 1``); ``(n, inner)`` from :func:`plan`.
+    ``config``: a :class:`LaunchConfig` overriding the launch heuristics (None keeps them).
     """
     if out.numel() == 0:
         return out
@@ -320,16 +471,17 @@ def launch_scaled_residual_add(out, residual, branch, scale, alpha, n, inner, wr
 
     acc64 = torch.float64 in (residual.dtype, branch.dtype, out.dtype)
     _launch(_residual_add_rows_kernel, _residual_add_tiles_kernel, (out, residual, branch),
-            scale, alpha, n, inner, acc64, wrap)
+            scale, alpha, n, inner, acc64, wrap, config)
     return out
 
 
-def launch_sample_scale(out, x, scale, alpha, n, inner, wrap=None):
+def launch_sample_scale(out, x, scale, alpha, n, inner, wrap=None, *, config=None):
     """out = x * (scale[s] * alpha) (kept), zeros (dropped, x unread).  Arguments as above."""
     if out.numel() == 0:
         return out
     import torch
 
     acc64 = torch.float64 in (x.dtype, out.dtype)
-    _launch(_sample_scale_rows_kernel, _sample_scale_tiles_kernel, (out, x), scale, alpha, n, inner, acc64, wrap)
+    _launch(_sample_scale_rows_kernel, _sample_scale_tiles_kernel, (out, x), scale, alpha, n, inner, acc64, wrap,
+            config)
     return out
