@@ -7,13 +7,14 @@
 # Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 290); each
 # step's limit is min(its cap, time left - what the later steps need), caps/reserves in seconds:
 #   build 120 (leaves 165), import 30, tests-cuda 210 (leaves 150), tests-rest 90 (leaves 120),
-#   memcheck 45 (leaves 90), blocks 90 (leaves 60), bench the rest
+#   memcheck 45 (leaves 90), blocks 90 (leaves 60), sweep 60 (leaves 45), bench the rest
 #   1. build   pip install --no-build-isolation --no-deps -e .  (FORCE_CUDA=1, the GPU's arch only)
 #   2. import  the cuda (and triton) backends are available
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
 #   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers (90, leaves 60)
-#   6. bench   python -m benchmarks (the default suite; --time-limit keeps it inside the budget)
+#   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
+#   7. bench   python -m benchmarks (the default suite, each op row also timed as a CUDA graph)
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
 # blocks-<date>.csv, <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png), else to a fresh folder under
 # benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
@@ -186,7 +187,26 @@ else
     record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)(  \[|$)' "$DEST/.blocks_table") skip rows: $(grep -c -E ' ok(  \[|$)' "$DEST/.blocks_table") meet the goal"
 fi
 
-# ---- 6. benchmark ------------------------------------------------------------------------------
+# ---- 6. Triton launch-config sweep (issue 3) -----------------------------------------------------
+if [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record sweep SKIP "sdkernels does not import"
+elif [ "$DRY" = 1 ]; then
+    run_step sweep 60 0 env TRITON_INTERPRET=1 "$PY" -m benchmarks.triton_sweep --device cpu --shape 3x5x40 \
+        --sample-dim 1 --dtype bf16 --quick
+    grep -E "^best:" "$STEP_OUT" > "$DEST/.sweep_best" 2>/dev/null
+    record sweep "$(rc_status $STEP_RC)" "dry run under the interpreter: $(tail -n 1 "$STEP_OUT" | cut -c1-70)"
+elif ! "$PY" -c "import sdkernels, sys; sys.exit(0 if 'triton' in sdkernels.available_backends() else 1)" 2>/dev/null; then
+    STEP_SECS=0; record sweep SKIP "no triton backend"
+else
+    SCAP="${GPU_SWEEP_CAP:-60}"
+    SLIM=$(( $(left) - 45 ))
+    [ "$SLIM" -gt "$SCAP" ] && SLIM=$SCAP
+    run_step sweep "$SCAP" 45 "$PY" -m benchmarks.triton_sweep --quick --time-limit $(( SLIM > 20 ? SLIM - 10 : 10 ))
+    grep -E "^best:" "$STEP_OUT" > "$DEST/.sweep_best" 2>/dev/null
+    record sweep "$(rc_status $STEP_RC)" "$(grep -c . "$DEST/.sweep_best") best lines; $(tail -n 1 "$STEP_OUT" | cut -c1-70)"
+fi
+
+# ---- 7. benchmark ------------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
     # Tiny and compile-free (a cold torch.compile costs ~20 s on 2 cores): the logic, not the numbers.
     BENCH=("$PY" -m benchmarks --quick --device cpu --sizes small --repeats 2 --out "$DEST" --name bench-dry-run
@@ -215,6 +235,11 @@ FAILED=0
         printf '%-9s %-11s %5s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${DETAIL[$i]}"
         case "${STATUS[$i]}" in FAIL|TIMEOUT) FAILED=1 ;; esac
     done
+    if [ -s "$DEST/.sweep_best" ]; then
+        echo
+        echo "Triton launch-config sweep:"
+        cat "$DEST/.sweep_best"
+    fi
     if [ -s "$DEST/.blocks_table" ]; then
         echo
         echo "block suite (time / eager; goal for skip (1 - p) + margin):"
@@ -228,7 +253,7 @@ FAILED=0
     echo
     echo "files in $DEST: $(cd "$DEST" && ls | tr '\n' ' ')"
 } > "$DEST/summary.txt"
-rm -f "$DEST"/.step-*.log "$DEST/.blocks_table"
+rm -f "$DEST"/.step-*.log "$DEST/.blocks_table" "$DEST/.sweep_best"
 cat "$DEST/summary.txt" >> "$LOG"
 cat "$DEST/summary.txt"
 exit $FAILED

@@ -355,7 +355,8 @@ def test_gpu_check_dry_run(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "gpu_check summary (DRY RUN" in out
-    for step in ("syntax", "build", "import", "tests", "memcheck", "bench"):
+    assert "Triton launch-config sweep:" in out and "best: 3x5x40 fwd" in out  # the sweep ran under the interpreter
+    for step in ("syntax", "build", "import", "tests", "memcheck", "sweep", "bench"):
         assert step in out
     files = os.listdir(tmp_path)
     assert {"gpu_check.log", "summary.txt", "bench-dry-run.csv", "bench-dry-run-speedup.png"} <= set(files), files
