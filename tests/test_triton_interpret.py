@@ -6,6 +6,8 @@ before sdkernels imports Triton).  Shapes are small (the interpreter is slow)
 but chosen to hit both kernel shapes, row tails, several blocks per row, a
 tile spanning many rows, one sample, and ``inner == 1``.
 """
+import math
+
 import pytest
 
 from _interpret import triton_ops_under_interpreter
@@ -244,6 +246,10 @@ def test_split_alpha():
         assert hi + mid + lo == a
     assert K.split_alpha(float("inf")) == (float("inf"), 0.0, 0.0)
     assert K.split_alpha(1e300)[0] == float("inf")
+    # Splits are cached, but -0.0 (equal to 0.0 as a key) keeps its sign after 0.0 was split, and back.
+    for a in (0.0, -0.0, 0.0):
+        assert math.copysign(1.0, K.split_alpha(a)[0]) == math.copysign(1.0, a)
+    assert math.isnan(K.split_alpha(float("nan"))[0])
 
 
 def test_scale_numel_one_and_fp64_scale():

@@ -240,7 +240,6 @@ def _f32(x: float) -> float:
         return math.copysign(math.inf, x)
 
 
-@functools.lru_cache(maxsize=64)  # a model has a few drop rates; every launch splits one
 def split_alpha(alpha: float):
     """(hi, mid, lo) fp32 values with hi == float32(alpha) and hi + mid + lo == alpha in fp64.
 
@@ -248,6 +247,12 @@ def split_alpha(alpha: float):
     fp32's range hi is +-inf and the fp64 path sees that too.
     """
     alpha = float(alpha)
+    if alpha == 0.0 or alpha != alpha:  # +-0 (equal as cache keys, not in the kernel) and NaN: not cached
+        return _split_alpha(alpha)
+    return _split_alpha_cached(alpha)
+
+
+def _split_alpha(alpha: float):
     hi = _f32(alpha)
     if not math.isfinite(hi):
         return hi, 0.0, 0.0
@@ -255,6 +260,10 @@ def split_alpha(alpha: float):
     mid = _f32(r1)
     lo = _f32(r1 - mid)
     return hi, mid, lo
+
+
+# A model has a few drop rates and every launch splits one.
+_split_alpha_cached = functools.lru_cache(maxsize=64)(_split_alpha)
 
 
 def plan(out, sample_dim: int, scale_numel: int):
