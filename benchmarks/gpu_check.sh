@@ -4,15 +4,16 @@
 #   bash benchmarks/gpu_check.sh            # build, tests on CUDA, memcheck, default benchmark
 #   bash benchmarks/gpu_check.sh --dry-run  # no GPU needed: the script's logic, a tiny CPU benchmark (CI)
 #
-# Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 290); each
+# Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 420); each
 # step's limit is min(its cap, time left - what the later steps need), caps/reserves in seconds:
-#   build 120 (leaves 165), import 30, tests-cuda 210 (leaves 150), tests-rest 90 (leaves 120),
-#   memcheck 45 (leaves 90), blocks 90 (leaves 60), sweep 60 (leaves 45), bench the rest
+#   build 120 (leaves 205), import 30 (leaves 200), tests-cuda 210 (leaves 190), tests-rest 90 (leaves 160),
+#   memcheck 45 (leaves 130), blocks 90 (leaves 100), sweep 60 (at least 35, else skipped; leaves 60),
+#   bench the rest
 #   1. build   pip install --no-build-isolation --no-deps -e .  (FORCE_CUDA=1, the GPU's arch only)
 #   2. import  the cuda (and triton) backends are available
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
-#   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers (90, leaves 60)
+#   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers
 #   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
 #   7. bench   python -m benchmarks (the default suite, each op row also timed as a CUDA graph)
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
@@ -33,7 +34,7 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 2
 PY="${PYTHON:-python3}"
-BUDGET="${GPU_CHECK_BUDGET:-290}"
+BUDGET="${GPU_CHECK_BUDGET:-420}"
 START=$(date +%s)
 if [ -n "${OUT:-}" ]; then
     DEST="$OUT"
@@ -116,7 +117,7 @@ else
         [ -n "$ARCH" ] && export TORCH_CUDA_ARCH_LIST="$ARCH"
     fi
     echo "   FORCE_CUDA=$FORCE_CUDA CUDA_HOME=${CUDA_HOME:-} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} MAX_JOBS=$MAX_JOBS" >> "$LOG"
-    run_step build 120 165 "$PY" -m pip install --no-build-isolation --no-deps -e .
+    run_step build 120 205 "$PY" -m pip install --no-build-isolation --no-deps -e .
     record build "$(rc_status $STEP_RC)" "pip install -e . (arch ${TORCH_CUDA_ARCH_LIST:-?})"
 fi
 
@@ -126,7 +127,7 @@ if [ "$DRY" = 1 ]; then
 else
     IMPORT_CHECK="import torch, sdkernels; b = sdkernels.available_backends(); print(b); assert torch.cuda.is_available(); assert 'cuda' in b, b; print('triton backend:', 'triton' in b)"
 fi
-run_step import 30 160 "$PY" -c "$IMPORT_CHECK"
+run_step import 30 200 "$PY" -c "$IMPORT_CHECK"
 record import "$(rc_status $STEP_RC)" "backends $(grep -o "^(.*)" "$STEP_OUT" | head -n 1)"
 IMPORT_OK=$STEP_RC
 
@@ -140,10 +141,10 @@ else
     if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); fi
     # The CUDA-marked tests first: they are what only this machine can run (the
     # rest runs in CI on CPU); then the rest of the suite with the time left.
-    run_step tests-cuda "${GPU_TESTS_CAP:-210}" 150 "$PY" -m pytest -q -ra -m "cuda and not triton_interpret" -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"}
+    run_step tests-cuda "${GPU_TESTS_CAP:-210}" 190 "$PY" -m pytest -q -ra -m "cuda and not triton_interpret" -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"}
     SUMLINE=$(grep -E "[0-9]+ (passed|failed|error)" "$STEP_OUT" | tail -n 1)
     record tests-cuda "$(rc_status $STEP_RC)" "${SUMLINE:-no pytest summary} ${XDIST[*]:+(xdist ${XDIST[*]})}"
-    run_step tests-rest "${GPU_REST_CAP:-90}" 120 "$PY" -m pytest -q -ra -m "not cuda and not triton_interpret" -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+    run_step tests-rest "${GPU_REST_CAP:-90}" 160 "$PY" -m pytest -q -ra -m "not cuda and not triton_interpret" -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
     SUMLINE=$(grep -E "[0-9]+ (passed|failed|error)" "$STEP_OUT" | tail -n 1)
     record tests-rest "$(rc_status $STEP_RC)" "${SUMLINE:-no pytest summary}"
 fi
@@ -157,7 +158,7 @@ elif ! command -v compute-sanitizer >/dev/null 2>&1; then
 elif [ "$IMPORT_OK" != 0 ]; then
     STEP_SECS=0; record memcheck SKIP "sdkernels does not import"
 else
-    run_step memcheck 45 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+    run_step memcheck 45 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         --error-exitcode 1 --leak-check no "$PY" benchmarks/sanitize_case.py --device cuda
     ST=$(rc_status $STEP_RC)
     if grep -q -E "Device not supported|device is not supported" "$STEP_OUT"; then ST=UNSUPPORTED; fi
@@ -178,11 +179,11 @@ if [ "$IMPORT_OK" != 0 ]; then
     STEP_SECS=0; record blocks SKIP "sdkernels does not import"
 else
     # --time-limit: the suite stops starting new groups in time to write its CSV.
-    BLIM=$(( $(left) - 60 ))
+    BLIM=$(( $(left) - 100 ))
     [ "$DRY" = 1 ] && BLIM=$(left)
     BCAP="${GPU_BLOCKS_CAP:-90}"
     [ "$BLIM" -gt "$BCAP" ] && BLIM=$BCAP
-    run_step blocks "$BCAP" 60 "${BLK[@]}" --time-limit $(( BLIM > 30 ? BLIM - 20 : 10 ))
+    run_step blocks "$BCAP" 100 "${BLK[@]}" --time-limit $(( BLIM > 30 ? BLIM - 20 : 10 ))
     grep -E "^(block |vit_b_block|resnet_bottleneck)" "$STEP_OUT" > "$DEST/.blocks_table" 2>/dev/null
     record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)(  \[|$)' "$DEST/.blocks_table") skip rows: $(grep -c -E ' ok(  \[|$)' "$DEST/.blocks_table") meet the goal"
 fi
@@ -195,15 +196,20 @@ elif [ "$DRY" = 1 ]; then
         --sample-dim 1 --dtype bf16 --quick
     grep -E "^best:" "$STEP_OUT" > "$DEST/.sweep_best" 2>/dev/null
     record sweep "$(rc_status $STEP_RC)" "dry run under the interpreter: $(tail -n 1 "$STEP_OUT" | cut -c1-70)"
-elif ! "$PY" -c "import sdkernels, sys; sys.exit(0 if 'triton' in sdkernels.available_backends() else 1)" 2>/dev/null; then
+elif ! timeout 30 "$PY" -c "import sdkernels, sys; sys.exit(0 if 'triton' in sdkernels.available_backends() else 1)" 2>/dev/null; then
     STEP_SECS=0; record sweep SKIP "no triton backend"
 else
     SCAP="${GPU_SWEEP_CAP:-60}"
-    SLIM=$(( $(left) - 45 ))
+    SLIM=$(( $(left) - 60 ))
     [ "$SLIM" -gt "$SCAP" ] && SLIM=$SCAP
-    run_step sweep "$SCAP" 45 "$PY" -m benchmarks.triton_sweep --quick --time-limit $(( SLIM > 20 ? SLIM - 10 : 10 ))
-    grep -E "^best:" "$STEP_OUT" > "$DEST/.sweep_best" 2>/dev/null
-    record sweep "$(rc_status $STEP_RC)" "$(grep -c . "$DEST/.sweep_best") best lines; $(tail -n 1 "$STEP_OUT" | cut -c1-70)"
+    if [ "$SLIM" -lt 35 ]; then
+        STEP_SECS=0; record sweep SKIP "${SLIM}s left for it (needs 35: imports, CUDA set-up, a compile per config)"
+    else
+        # Its clock starts after the imports and CUDA set-up (~10 s): hence SLIM - 15.
+        run_step sweep "$SLIM" 60 "$PY" -m benchmarks.triton_sweep --quick --time-limit $(( SLIM - 15 ))
+        grep -E "^best:" "$STEP_OUT" > "$DEST/.sweep_best" 2>/dev/null
+        record sweep "$(rc_status $STEP_RC)" "$(grep -c . "$DEST/.sweep_best") best lines; $(tail -n 1 "$STEP_OUT" | cut -c1-70)"
+    fi
 fi
 
 # ---- 7. benchmark ------------------------------------------------------------------------------

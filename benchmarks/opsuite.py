@@ -238,6 +238,9 @@ def _gpu_time(row: Dict, gpu_timer: Callable, plan: OpPlan, x: _Inputs, repeats:
     try:
         t = gpu_timer(make, repeats)
         row["gpu_ms"] = t.median * 1e3
+        if t.method.startswith("cuda_graph_replay"):  # events around the replay (older torch)
+            why = "gpu_ms timed around each replay: includes a random graph's seed/offset prologue"
+            row["note"] = f"{row['note']}; {why}" if row.get("note") else why
     except Exception as e:  # e.g. a provider that syncs with the host cannot be captured
         why = f"gpu timer: {type(e).__name__}: {_first_line(e)[:120]}"
         row["note"] = f"{row['note']}; {why}" if row.get("note") else why

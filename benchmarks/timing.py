@@ -130,6 +130,16 @@ def time_cuda_events(fn: Callable[[], object], repeats: int, warmup: int = 5, fl
     return _summary(per_call, "cuda_events+l2_flush")
 
 
+def _graph_events_supported() -> bool:
+    """torch.cuda.Event(external=True): events recorded as nodes of a captured graph (torch >= 2.8)."""
+    import inspect
+
+    try:
+        return "external" in inspect.signature(torch.cuda.Event.__new__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def time_cuda_graph(make_fn: Callable[[], Callable[[], object]], repeats: int, warmup: int = 2,
                     flush: bool = True) -> Timing:
     """Median GPU time of one call: ``make_fn()``'s call captured in a CUDA graph, replays event-timed.
@@ -139,35 +149,72 @@ def time_cuda_graph(make_fn: Callable[[], Callable[[], object]], repeats: int, w
     warmed up and captured: autograd runs a backward on its forward's stream,
     so a forward recorded on another stream could not be captured.  Each
     replay is preceded by an L2 flush (outside the graph).  Random draws inside
-    the call (``bernoulli_``) advance per replay, as in eager mode.  Raises
-    what capture raises (e.g. for a call that syncs with the host).
+    the call (``bernoulli_``) advance per replay, as in eager mode.
+
+    The timing events are recorded inside the graph (``Event(external=True)``)
+    where torch supports it: a replay of a graph that draws random numbers
+    first fills the generator's seed and offset (two tiny kernels, outside the
+    graph), which the in-graph events leave out.  Older torch: events around
+    each replay, that prologue included (the method name says which).
+    Raises what capture raises (e.g. for a call that syncs with the host),
+    with the current stream restored.
     """
     buf = _flush_buffer() if flush else None
+    prev = torch.cuda.current_stream()
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    side.wait_stream(prev)
     with torch.cuda.stream(side):
         fn = make_fn()
         for _ in range(warmup):
             fn()
     side.synchronize()
+    inner = _graph_events_supported()
+    if inner:
+        g_start = torch.cuda.Event(enable_timing=True, external=True)
+        g_end = torch.cuda.Event(enable_timing=True, external=True)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=side):
-        out = fn()
+    try:
+        with torch.cuda.graph(graph, stream=side):
+            if inner:
+                g_start.record()
+            out = fn()
+            if inner:
+                g_end.record()
+    finally:
+        # torch.cuda.graph does not leave its stream when ending the capture raises.
+        torch.cuda.set_stream(prev)
     torch.cuda.synchronize()
     n = max(1, repeats)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    graph.replay()  # first replay uploads the graph
-    for i in range(n):
-        if buf is not None:
-            buf.zero_()
-        starts[i].record()
-        graph.replay()
-        ends[i].record()
+    graph.replay()  # the first replay uploads the graph
     torch.cuda.synchronize()
-    per_call = [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
+    per_call: List[float] = []
+    if inner:
+        try:
+            g_start.elapsed_time(g_end)
+        except RuntimeError:  # events in graphs unsupported by this driver / runtime
+            inner = False
+    if inner:
+        for _ in range(n):
+            if buf is not None:
+                buf.zero_()
+            graph.replay()
+            g_end.synchronize()
+            per_call.append(g_start.elapsed_time(g_end) * 1e-3)
+        method = "cuda_graph_inner_events+l2_flush"
+    else:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for i in range(n):
+            if buf is not None:
+                buf.zero_()
+            starts[i].record()
+            graph.replay()
+            ends[i].record()
+        torch.cuda.synchronize()
+        per_call = [a.elapsed_time(b) * 1e-3 for a, b in zip(starts, ends)]
+        method = "cuda_graph_replay+l2_flush"
     del out, graph, fn
-    return _summary(per_call, "cuda_graph_replay+l2_flush")
+    return _summary(per_call, method)
 
 
 def time_wallclock(fn: Callable[[], object], repeats: int, device: str, block_s: float = 0.005,

@@ -996,12 +996,27 @@ def test_block_suite_profile_counts():
     by = {r["provider"]: r for r in rows}
     for r in rows:
         assert r["status"] == "ok", r.get("note")
-        assert r["aten_ops_per_step"] > 10 and r["launches_per_step"] is None and r["gpu_busy_ms"] is None
-        assert r["aten_ops_per_step"] == int(r["aten_ops_per_step"])  # the same count every step
+        assert r["ops_per_step"] > 10 and r["launches_per_step"] is None and r["gpu_busy_ms"] is None
+        assert r["ops_per_step"] == int(r["ops_per_step"])  # the same count every step
     # One residual: eager adds bernoulli_ + div_ + mul (+ mul, add in the backward) over fused's one op each way.
-    assert by["fused"]["aten_ops_per_step"] < by["eager"]["aten_ops_per_step"]
+    assert by["fused"]["ops_per_step"] < by["eager"]["ops_per_step"]
     with pytest.raises(ValueError, match="profile runs with timer 'wall' only"):
         blocks.run_block_suite("cuda", batch=2, ps=[0.5], repeats=1, timer="graph", profile=True)
+
+
+def test_block_suite_profile_counts_custom_ops_once():
+    """A custom op is one operator call: the ATen calls inside it (allocation, casts) are its own work."""
+    blocks = pytest.importorskip("benchmarks.blocks")
+    r, b = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
+    sc = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    counts = blocks._profile(lambda: torch.ops.sdkernels.scaled_residual_add(r, b, sc, 0, 2.0), "cpu", steps=2)
+    assert counts["ops_per_step"] == 1
+    counts = blocks._profile(lambda: (r + b).mul_(2.0), "cpu", steps=2)
+    assert counts["ops_per_step"] == 2
+    assert blocks._is_op("aten::add") and blocks._is_op("sdkernels::index_scale")
+    for name in ("autograd::engine::evaluate_function: AddBackward0", "torch::autograd::AccumulateGrad",
+                 "AddBackward0", "cudaLaunchKernel", "profiler::_record_function_enter"):
+        assert not blocks._is_op(name), name
 
 
 def test_block_suite_timer_checks():
@@ -1040,7 +1055,7 @@ def test_block_suite_profile_cuda():
                                   profile=True)
     for r in rows:
         assert r["status"] == "ok", r.get("note")
-        assert r["launches_per_step"] >= 10 and r["aten_ops_per_step"] >= 10
+        assert r["launches_per_step"] >= 10 and r["ops_per_step"] >= 10
         assert 0 < r["gpu_busy_ms"] < 2 * r["time_ms"]  # one stream: kernels cannot outlast the step by much
 
 

@@ -378,7 +378,7 @@ class LaunchParams:
         return f"tiles {self.rows}x{self.cols} w{self.num_warps}"
 
 
-def _check_launch(lp: LaunchParams, config: LaunchConfig, inner: int) -> None:
+def _check_launch(lp: LaunchParams, inner: int) -> None:
     """The checks of a configured launch that depend on the tensor (ValueError naming the field)."""
     if not lp.rows_kernel and lp.cols > _CONFIG_MAX_BLOCK:
         raise ValueError(
@@ -411,7 +411,7 @@ def launch_params(inner: int, numel: int, config: Optional[LaunchConfig] = None)
     if not isinstance(config, LaunchConfig):
         raise TypeError(f"config must be a LaunchConfig or None, got {type(config).__name__}")
     lp = _params(inner, numel, config)
-    _check_launch(lp, config, inner)
+    _check_launch(lp, inner)
     return lp
 
 
