@@ -187,34 +187,25 @@ def time_cuda_graph(make_fn: Callable[[], Callable[[], object]], repeats: int, w
     n = max(1, repeats)
     graph.replay()  # the first replay uploads the graph
     torch.cuda.synchronize()
-    per_call: List[float] = []
     if inner:
         try:
             g_start.elapsed_time(g_end)
         except RuntimeError:  # events in graphs unsupported by this driver / runtime
             inner = False
     if inner:
+        per_call: List[float] = []
         for _ in range(n):
             if buf is not None:
                 buf.zero_()
             graph.replay()
             g_end.synchronize()
             per_call.append(g_start.elapsed_time(g_end) * 1e-3)
-        method = "cuda_graph_inner_events+l2_flush"
+        timing = _summary(per_call, "cuda_graph_inner_events+l2_flush")
     else:
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        for i in range(n):
-            if buf is not None:
-                buf.zero_()
-            starts[i].record()
-            graph.replay()
-            ends[i].record()
-        torch.cuda.synchronize()
-        per_call = [a.elapsed_time(b) * 1e-3 for a, b in zip(starts, ends)]
-        method = "cuda_graph_replay+l2_flush"
+        t = time_cuda_events(graph.replay, n, warmup=0, flush=flush)
+        timing = Timing(t.median, t.iqr, t.n, "cuda_graph_replay+l2_flush")
     del out, graph, fn
-    return _summary(per_call, method)
+    return timing
 
 
 def time_wallclock(fn: Callable[[], object], repeats: int, device: str, block_s: float = 0.005,
