@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import providers as P
+from .report import error_note, join_notes
 from .sizes import Case
 from .timing import peak_memory, time_fn
 
@@ -210,7 +211,7 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
                         warmed=plan.provider not in P.BASELINES)
             row.update(time_ms=t.median * 1e3, iqr_ms=t.iqr * 1e3, n_samples=t.n, timer=t.method)
         except Exception as e:  # a failing provider must not stop the suite
-            row.update(status="error", note=f"{type(e).__name__}: {_first_line(e)}")
+            row.update(status="error", note=error_note(e))
         finally:
             fn = None
         if gpu_timer is not None and row["status"] == "ok":
@@ -219,10 +220,6 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
         if progress is not None:
             progress.update(1)
     return rows
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0][:200] if str(e) else ""
 
 
 def _gpu_time(row: Dict, gpu_timer: Callable, plan: OpPlan, x: _Inputs, repeats: int, device: str) -> None:
@@ -239,11 +236,10 @@ def _gpu_time(row: Dict, gpu_timer: Callable, plan: OpPlan, x: _Inputs, repeats:
         t = gpu_timer(make, repeats)
         row["gpu_ms"] = t.median * 1e3
         if t.method.startswith("cuda_graph_replay"):  # events around the replay (older torch)
-            why = "gpu_ms timed around each replay: includes a random graph's seed/offset prologue"
-            row["note"] = f"{row['note']}; {why}" if row.get("note") else why
+            row["note"] = join_notes(row.get("note"),
+                                     "gpu_ms timed around each replay: includes a random graph's seed/offset prologue")
     except Exception as e:  # e.g. a provider that syncs with the host cannot be captured
-        why = f"gpu timer: {type(e).__name__}: {_first_line(e)[:120]}"
-        row["note"] = f"{row['note']}; {why}" if row.get("note") else why
+        row["note"] = join_notes(row.get("note"), "gpu timer: " + error_note(e, 120))
         try:
             _sync(device)
         except Exception:  # noqa: BLE001 - the row already says what failed

@@ -90,6 +90,8 @@ __all__ = [
     "format_table",
     "headline",
     "output_stem",
+    "join_notes",
+    "error_note",
 ]
 
 REQUIRED = ("suite", "op", "size", "shape", "dtype", "provider", "mode", "p", "status", "time_ms")
@@ -164,6 +166,17 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def join_notes(*notes: str) -> str:
+    """The non-empty notes joined by "; " (a row's ``note`` column)."""
+    return "; ".join(n for n in notes if n)
+
+
+def error_note(e: BaseException, limit: int = 200) -> str:
+    """``"TypeName: <first line of the message>"``, the message cut to ``limit`` characters."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}"
 
 
 def _key(r, *extra):

@@ -36,6 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from benchmarks.report import error_note, join_notes
+
 __all__ = [
     "SweepSize",
     "Result",
@@ -239,15 +241,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    msg = f"{type(e).__name__}: {e}".strip().splitlines()
-    return (msg[0] if msg else type(e).__name__)[:limit]
-
-
-def _join(*notes: str) -> str:
-    return "; ".join(n for n in notes if n)
-
-
 class _Clock:
     """Wall time since the start; ``expired`` once past the limit (0 or None: never)."""
 
@@ -328,16 +321,16 @@ def _run_kernel(size: SweepSize, kernel: str, configs, p: float, device: str, re
     for label, cfg in configs:
         res = Result(size.name, size.shape_str, size.dtype_name, dim, kernel, label, kept_frac=kept, bytes=nbytes)
         if not results:  # the first row of the kernel says which samples the mask kept
-            res.note = _join(f"keeps {n_kept}/{keep.numel()} samples", keep_note)
+            res.note = join_notes(f"keeps {n_kept}/{keep.numel()} samples", keep_note)
         results.append(res)
         if clock.expired:
-            res.status, res.note = "skipped", _join(res.note, f"time limit ({clock.limit_s:g} s) reached")
+            res.status, res.note = "skipped", join_notes(res.note, f"time limit ({clock.limit_s:g} s) reached")
             emit(res)
             continue
         try:
             res.launch = K.launch_params(inner, out.numel(), cfg).label
         except ValueError as e:  # a config this shape cannot take: not a failure of the kernel
-            res.status, res.note = "skipped", _join(res.note, _first_line(e))
+            res.status, res.note = "skipped", join_notes(res.note, error_note(e, 160))
             emit(res)
             continue
         try:
@@ -357,7 +350,7 @@ def _run_kernel(size: SweepSize, kernel: str, configs, p: float, device: str, re
             del got
             if not ok:
                 res.status = "wrong"
-                res.note = _join(res.note, f"differs from sdkernels.reference: max abs err {res.max_abs_err:.3g} "
+                res.note = join_notes(res.note, f"differs from sdkernels.reference: max abs err {res.max_abs_err:.3g} "
                                            f"(rtol {tol['rtol']:g}, atol {tol['atol']:g})")
                 emit(res)
                 continue
@@ -367,7 +360,7 @@ def _run_kernel(size: SweepSize, kernel: str, configs, p: float, device: str, re
                 res.gbps = nbytes / med / 1e9
                 res.copy_pct = 100.0 * res.gbps / copy.gbps if math.isfinite(copy.gbps) else math.nan
         except Exception as e:  # noqa: BLE001  (a failing config is a row, not the end of the sweep)
-            res.status, res.note = "error", _join(res.note, _first_line(e))
+            res.status, res.note = "error", join_notes(res.note, error_note(e, 160))
         emit(res)
     return results
 
@@ -394,7 +387,7 @@ def sweep(sizes: Sequence[SweepSize], kernels: Sequence[str] = KERNELS, p: float
                 copy = _measure_copy(size, device, repeats, gen)
             except Exception as e:  # noqa: BLE001
                 copy = Result(size.name, size.shape_str, size.dtype_name, size.sample_dim, "copy", "dst.copy_(src)",
-                              status="error", note=_first_line(e))
+                              status="error", note=error_note(e, 160))
         emit(copy)
         rows.append(copy)
         for kernel in kernels:
