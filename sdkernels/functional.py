@@ -110,6 +110,14 @@ def pick_backend(backend: str, device: torch.device, numel: int = 0, table=None)
     return be
 
 
+def _check_module_rate_and_mode(p, mode) -> None:
+    """The modules' constructor checks of ``p`` and ``mode`` (ValueError naming the argument)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
 def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, generator) -> int:
     """Validate everything but the tensor pairing; returns sample_dim wrapped to [0, ndim)."""
     if not isinstance(x, torch.Tensor):

@@ -68,10 +68,7 @@ class DropPathAdd(nn.Module):
     def __init__(self, p: float = 0.0, mode: str = "row", scale_by_keep: bool = True, sample_dim: int = 0,
                  backend: str = "auto"):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
-        if mode not in F.MODES:
-            raise ValueError(f"mode must be one of {F.MODES}, got {mode!r}")
+        F._check_module_rate_and_mode(p, mode)
         self.p = p
         self.mode = mode
         self.scale_by_keep = scale_by_keep

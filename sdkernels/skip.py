@@ -658,10 +658,7 @@ class StochasticResidual(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
-        if mode not in functional.MODES:
-            raise ValueError(f"mode must be one of {functional.MODES}, got {mode!r}")
+        functional._check_module_rate_and_mode(p, mode)
         if count not in COUNTS:
             raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
         if backend not in functional.BACKEND_NAMES:
