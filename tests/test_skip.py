@@ -871,35 +871,14 @@ def _triton_kernels_module():
     return K
 
 
-_TY = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
-
-
 def _aot_ptx(K, name, dtypes, arch, consts, acc64=False, num_warps=8):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from _aot import PTR, aot_ptx
 
-    kern = K.KERNELS[name]
-    consts = dict(consts, ACC64=acc64)
-    sig, attrs = {}, {}
-    for i, arg in enumerate(kern.arg_names):
-        if arg in consts:
-            sig[arg] = "constexpr"
-        elif arg in ("inv_ptr", "idx_ptr"):
-            sig[arg] = "*i64"
-        elif arg.endswith("_ptr"):
-            sig[arg] = _TY[dtypes[arg]]
-        elif arg.startswith("a_"):
-            sig[arg] = "fp32"
-        else:
-            sig[arg] = "i32"
-        # aligned tensors and a row length divisible by 16, as the runtime specialises them
-        if sig[arg].startswith("*") or arg == "inner":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(ASTSource(kern, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps})
-    assert compiled.asm.get("cubin")
-    return compiled.asm["ptx"]
+    ptrs = {arg: PTR[dt] for arg, dt in dtypes.items()}
+    ptrs.update({arg: "*i64" for arg in K.KERNELS[name].arg_names if arg in ("inv_ptr", "idx_ptr")})
+    # aligned tensors and a row length divisible by 16, as the runtime specialises them
+    return aot_ptx(name, K.KERNELS[name], ptrs, arch, dict(consts, ACC64=acc64), num_warps=num_warps,
+                   divisible=("inner",))
 
 
 def _tensor_ptrs(K, name):

@@ -14,8 +14,8 @@ import pytest
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
 try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget  # noqa: F401
+    from triton.compiler import ASTSource  # noqa: F401
 except ImportError as e:  # pragma: no cover
     pytest.skip(f"this Triton has no ASTSource/GPUTarget API: {e}", allow_module_level=True)
 
@@ -24,8 +24,9 @@ from sdkernels.triton_kernels import drop_path as K  # noqa: E402
 if K.INTERPRET:
     pytest.skip("TRITON_INTERPRET=1 makes @triton.jit build interpreter kernels: no AOT compile", allow_module_level=True)
 
+from _aot import PTR, aot_ptx  # noqa: E402
+
 TARGETS = [80, 90]
-_TY = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 
 # kernel -> launch constants of a hot configuration (what the launcher picks for big tensors).
 HOT = {
@@ -38,26 +39,9 @@ HOT = {
 
 def _compile(name, dtypes, arch, consts, acc64=False, num_warps=8, scale="fp32"):
     """PTX of kernel `name`; dtypes maps each tensor pointer argument (out_ptr, res_ptr, ...) to a dtype name."""
-    kern = K.KERNELS[name]
-    consts = dict(consts, ACC64=acc64)
-    sig, attrs = {}, {}
-    for i, arg in enumerate(kern.arg_names):
-        if arg in consts:
-            sig[arg] = "constexpr"
-        elif arg == "scale_ptr":
-            sig[arg] = _TY[scale]
-        elif arg.endswith("_ptr"):
-            sig[arg] = _TY[dtypes[arg]]
-        elif arg.startswith("a_"):
-            sig[arg] = "fp32"
-        else:
-            sig[arg] = "i32"
-        if sig[arg].startswith("*") or sig[arg] == "i32":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(kern, sig, consts, attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
-    assert compiled.asm.get("cubin"), f"{name}: no cubin for sm_{arch}"
-    return compiled.asm["ptx"]
+    ptrs = {arg: PTR[dt] for arg, dt in dtypes.items()}
+    ptrs["scale_ptr"] = PTR[scale]
+    return aot_ptx(name, K.KERNELS[name], ptrs, arch, dict(consts, ACC64=acc64), num_warps=num_warps)
 
 
 def _ptrs(name, dt):
