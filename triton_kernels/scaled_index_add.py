@@ -31,8 +31,6 @@ uniqueness are the caller's responsibility (not checked on the device;
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
@@ -47,14 +45,13 @@ __all__ = [
     "launch_index_scale",
 ]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 ROW_KERNEL_MIN_INNER = 1024
 _TILE = 4096
-_INTERP = tl.constexpr(INTERPRET)
 
 # Shared with the core kernels: conversion to the math type, rounding to the
 # output type, alpha's fp32 split and the block/warp choice.
-from .drop_path import _next_pow2, _num_warps, _row_block, split_alpha  # noqa: E402
+# TRITON_INTERPRET too, read once there.
+from .drop_path import INTERPRET, _next_pow2, _num_warps, _row_block, split_alpha  # noqa: E402
 from .drop_path import _to_acc as _acc  # noqa: E402
 from .drop_path import _to_out as _round_to  # noqa: E402
 
