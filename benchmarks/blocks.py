@@ -46,9 +46,12 @@ host and the GPU, from ``torch.profiler`` over ``PROFILE_STEPS`` steps:
 ``ops_per_step`` (top-level operator calls, ATen's and custom ops', the
 host's dispatch work),
 ``launches_per_step`` (CUDA kernels, memsets and copies) and
-``gpu_busy_ms`` (their summed device time per step).  On a launch-bound GPU
-``gpu_busy_ms`` is well under ``time_ms`` and the launch counts say where the
-host time goes.
+``gpu_busy_ms`` (their summed device time per step) and ``syncs_per_step``
+(blocking CUDA runtime calls: ``cudaStreamSynchronize`` and kin, which make a
+step cost host time plus device time instead of the larger of the two; 0 for
+every graph-safe provider, 1 or more for ``skip-bernoulli``).  On a
+launch-bound GPU ``gpu_busy_ms`` is well under ``time_ms`` and the launch
+counts say where the host time goes.
 
 The goal (issue 5): ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
 0.1 on a GPU (bf16, batch 64) and 0.15 on CPU (fp32).  Rows carry
@@ -231,25 +234,28 @@ def _is_op(name: str) -> bool:
     return bool(sep) and bool(rest) and "::" not in rest and " " not in name and ns not in _NOT_OPS
 
 
-def _profile(run_one, device: str, steps: int = PROFILE_STEPS) -> Dict[str, Optional[float]]:
-    """Per-step counts from ``torch.profiler`` over ``steps`` calls of ``run_one`` (see the module docstring).
+def _is_host_sync(name: str) -> bool:
+    """A CUDA runtime call that blocks the host until the device catches up.
 
-    An operator call counts when no operator encloses it (a custom op's inner
-    ATen calls are its own work); GPU events are kernels, memsets and copies
-    (user annotations left out).  No GPU event at all gives None, not zero.
+    ``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize``
+    (``.item()``, ``nonzero``, blocking copies end in one of these) and the
+    synchronous ``cudaMemcpy``.
     """
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    return name.startswith("cuda") and (name.endswith("Synchronize") or name == "cudaMemcpy")
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    _sync(device)
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            run_one()
-        _sync(device)
-    ops = launches = 0
+
+_OWN_SYNC = "sdkernels_blocks_final_sync"  # the profiler's own closing sync (a range), left out of syncs_per_step
+
+
+def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]:
+    """The per-step counts of :func:`_profile` from profiler events (``FunctionEvent``-like objects)."""
+    from torch.autograd import DeviceType
+
+    events = list(events)
+    own = [e.time_range for e in events if e.name == _OWN_SYNC and e.device_type != DeviceType.CUDA]
+    ops = launches = syncs = 0
     busy_us = 0.0
-    for e in prof.events():
+    for e in events:
         if e.device_type == DeviceType.CUDA:
             if not getattr(e, "is_user_annotation", False):
                 launches += 1
@@ -260,12 +266,38 @@ def _profile(run_one, device: str, steps: int = PROFILE_STEPS) -> Dict[str, Opti
                 parent = parent.cpu_parent
             if parent is None:
                 ops += 1
+        elif _is_host_sync(e.name):
+            t = e.time_range
+            if not any(o.start <= t.start and t.end <= o.end for o in own):
+                syncs += 1
     gpu = device == "cuda" and launches > 0
     return {
         "ops_per_step": ops / steps,
         "launches_per_step": launches / steps if gpu else None,
         "gpu_busy_ms": busy_us / steps / 1e3 if gpu else None,
+        "syncs_per_step": syncs / steps if gpu else None,
     }
+
+
+def _profile(run_one, device: str, steps: int = PROFILE_STEPS) -> Dict[str, Optional[float]]:
+    """Per-step counts from ``torch.profiler`` over ``steps`` calls of ``run_one`` (see the module docstring).
+
+    An operator call counts when no operator encloses it (a custom op's inner
+    ATen calls are its own work); GPU events are kernels, memsets and copies
+    (user annotations left out); host syncs are the CUDA runtime's blocking
+    calls (:func:`_is_host_sync`) but the profiler's own closing sync.  No GPU
+    event at all gives None, not zero, for the three CUDA counts.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            run_one()
+        with record_function(_OWN_SYNC):
+            _sync(device)
+    return _count_events(prof.events(), steps, device)
 
 
 def _dtype_label(dtype: torch.dtype) -> str:
@@ -463,8 +495,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds: start no new (block, p) group after this (its rows are marked skipped)")
     ap.add_argument("--profile", action="store_true",
-                    help="wall-timer rows: also count operator calls, CUDA launches and GPU busy time per step "
-                         "(torch.profiler)")
+                    help="wall-timer rows: also count operator calls, CUDA launches, GPU busy time and host syncs "
+                         "per step (torch.profiler)")
     ap.add_argument("--no-plot", action="store_true", help="write the CSV only (the PNG can be drawn from it later)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (torch.set_num_threads); 1 is steadier on a CPU shared with other jobs")
@@ -499,7 +531,7 @@ def main(argv=None) -> int:
     margin = GOAL_MARGIN.get(a.device, 0.15)
     png = None if a.no_plot else plot_blocks(rows, stem + ".png", margin)
     print(f"{'block':20s} {'p':>4s} {'provider':15s} {'timer':6s} {'ms':>9s} {'t/eager':>8s} {'goal':>6s}"
-          + ("  [ops/step launches/step gpu-busy-ms]" if a.profile else ""))
+          + ("  [ops/step launches/step gpu-busy-ms syncs/step]" if a.profile else ""))
     for r in rows:
         tm = _timer_name(r)
         if r["status"] != "ok":
@@ -511,7 +543,7 @@ def main(argv=None) -> int:
         prof = ""
         if r.get("ops_per_step") is not None:
             prof = (f"  [{r['ops_per_step']:.0f} {_num(r.get('launches_per_step'), '.0f')} "
-                    f"{_num(r.get('gpu_busy_ms'), '.2f')}]")
+                    f"{_num(r.get('gpu_busy_ms'), '.2f')} {_num(r.get('syncs_per_step'), '.0f')}]")
         print(f"{r['op']:20s} {r['p']:4.2f} {r['provider']:15s} {tm:6s} {r['time_ms']:9.2f} "
               f"{ratio if ratio is not None else float('nan'):8.3f} {goal if goal else float('nan'):6.3f} {verdict}{prof}")
     print(f"wrote {stem}.csv" + (f" and {png}" if png else "") + f" in {time.monotonic() - t0:.0f} s")

@@ -976,6 +976,7 @@ def test_block_suite_profile_counts():
     for r in rows:
         assert r["status"] == "ok", r.get("note")
         assert r["ops_per_step"] > 10 and r["launches_per_step"] is None and r["gpu_busy_ms"] is None
+        assert r["syncs_per_step"] is None
         assert r["ops_per_step"] == int(r["ops_per_step"])  # the same count every step
     # One residual: eager adds bernoulli_ + div_ + mul (+ mul, add in the backward) over fused's one op each way.
     assert by["fused"]["ops_per_step"] < by["eager"]["ops_per_step"]
@@ -996,6 +997,36 @@ def test_block_suite_profile_counts_custom_ops_once():
     for name in ("autograd::engine::evaluate_function: AddBackward0", "torch::autograd::AccumulateGrad",
                  "AddBackward0", "cudaLaunchKernel", "profiler::_record_function_enter"):
         assert not blocks._is_op(name), name
+
+
+def test_block_suite_profile_sync_count():
+    """syncs_per_step counts blocking CUDA runtime calls, but not the profiler's own closing sync."""
+    blocks = pytest.importorskip("benchmarks.blocks")
+    from types import SimpleNamespace as NS
+
+    from torch.autograd import DeviceType
+
+    def ev(name, start, end, device=DeviceType.CPU, parent=None):
+        return NS(name=name, device_type=device, cpu_parent=parent,
+                  time_range=NS(start=start, end=end, elapsed_us=lambda: end - start))
+
+    own = ev(blocks._OWN_SYNC, 100, 200)
+    events = [
+        ev("aten::add", 0, 10), ev("cudaLaunchKernel", 2, 4), ev("add_kernel", 5, 9, DeviceType.CUDA),
+        ev("aten::item", 20, 30), ev("cudaStreamSynchronize", 22, 28),  # .item(): one sync
+        ev("cudaMemcpyAsync", 31, 32), ev("cudaMemcpy", 33, 40),  # a blocking copy: one sync
+        ev("cudaEventSynchronize", 41, 42),
+        own, ev("cudaDeviceSynchronize", 101, 199, parent=own),  # the profiler's own: not counted
+    ]
+    counts = blocks._count_events(events, 2, "cuda")
+    assert counts["syncs_per_step"] == 1.5  # three over two steps
+    assert counts["launches_per_step"] == 0.5 and counts["gpu_busy_ms"] == pytest.approx(0.002)
+    assert counts["ops_per_step"] == 1.0  # aten::add and aten::item over two steps
+    assert blocks._count_events(events, 2, "cpu")["syncs_per_step"] is None
+    for name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"):
+        assert blocks._is_host_sync(name), name
+    for name in ("cudaMemcpyAsync", "cudaLaunchKernel", "cudaStreamWaitEvent", "aten::_local_scalar_dense"):
+        assert not blocks._is_host_sync(name), name
 
 
 def test_block_suite_timer_checks():
@@ -1031,11 +1062,13 @@ def test_block_suite_profile_cuda():
     """On CUDA --profile counts kernel launches and their device time per step."""
     blocks = pytest.importorskip("benchmarks.blocks")
     rows = blocks.run_block_suite("cuda", torch.bfloat16, batch=4, ps=[0.5], repeats=2, blocks=["resnet_bottleneck"],
-                                  profile=True)
+                                  profile=True, providers=blocks.ALL_PROVIDERS)
     for r in rows:
         assert r["status"] == "ok", r.get("note")
         assert r["launches_per_step"] >= 10 and r["ops_per_step"] >= 10
         assert 0 < r["gpu_busy_ms"] < 2 * r["time_ms"]  # one stream: kernels cannot outlast the step by much
+        # No host sync in a graph-safe step; count "bernoulli" reads its kept count on the host.
+        assert (r["syncs_per_step"] >= 1) == (r["provider"] == "skip-bernoulli"), (r["provider"], r["syncs_per_step"])
 
 
 @pytest.mark.cuda
