@@ -3,7 +3,11 @@
 Each rank passes a generator seeded alike, so every rank drops the same
 batches; a dropped batch leaves the branch's parameters unused, which DDP
 accepts with ``find_unused_parameters=True``.  After a few real training
-steps (some dropped, some kept) the ranks' parameters must be equal.
+steps (some dropped, some kept) the ranks' parameters must be equal, and each
+rank's own decisions (whether its branch ran, seen in its forward: gradients
+are averaged across ranks and cannot tell) must match the other's and the
+generator's draws.  Ranks seeded differently fail it (checked by hand: a rank
+that dropped a step sees its branch weights moved by the other's gradient).
 """
 import os
 import socket
@@ -47,15 +51,20 @@ def _worker(rank: int, world: int, port: int, result_path: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         data = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+        # This rank's own decision, seen in its forward (a gradient would not do: DDP averages it over ranks).
+        calls = []
+        model.branch.register_forward_hook(lambda mod, args, out: calls.append(1))
         kept = []
         for _ in range(STEPS):
             x = torch.randn(8, 16, generator=data)
             y = torch.randn(8, 4, generator=data)
             before = model.branch[1].weight.detach().clone()
             opt.zero_grad()
+            n_calls = len(calls)
             loss = torch.nn.functional.mse_loss(ddp(x), y)
+            assert len(calls) - n_calls in (0, 1), "the branch must run at most once per step"
+            kept.append(len(calls) > n_calls)
             loss.backward()
-            kept.append(model.branch[1].weight.grad is not None and bool(model.branch[1].weight.grad.abs().sum() > 0))
             opt.step()
             if not kept[-1]:
                 assert torch.equal(model.branch[1].weight.detach(), before)
@@ -83,7 +92,11 @@ def test_ddp_batch_mode_two_ranks_stay_in_sync():
         mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
         res = torch.load(path)
     d0, d1 = res["decisions"]
-    assert d0 == d1, "ranks took different batch decisions"
+    assert d0 == d1, f"ranks took different batch decisions: {d0} and {d1}"
+    # ... and they are the generator's draws: Bernoulli(1 - p) from a CPU generator seeded 3, one per step.
+    g = torch.Generator().manual_seed(3)
+    expected = [bool(sdkernels.reference.draw_keep(1, 0.5, "batch", "cpu", g).item()) for _ in range(STEPS)]
+    assert d0 == expected
     assert any(d0) and not all(d0), f"want both kept and dropped steps, got {d0}"
     p0, p1 = res["params"]
     assert torch.equal(p0, p1), "parameters diverged across ranks"
