@@ -571,8 +571,10 @@ def drop_path_residual(
 
     Calls and gradients: ``fn`` is called exactly once per call, on the kept
     samples (in eval or at ``p == 0`` on the whole input), never on an empty
-    batch: when nothing is kept (``p == 1``, a dropped batch, or an all-dropped
-    bernoulli draw) fn is not called and ``x`` itself is returned.  Gradients
+    batch: when nothing is kept (``p == 1``, a dropped batch, an all-dropped
+    bernoulli draw, or an ``x`` with no samples, in any mode and in eval too)
+    fn is not called and ``x`` itself is returned (no random numbers drawn for
+    an ``x`` with no samples).  Gradients
     reach x and fn's parameters exactly as in the full computation
     ``x + mask * fn(x) * alpha`` with the same kept set, provided fn acts on
     each sample independently.  **A branch whose output for one sample
@@ -593,9 +595,11 @@ def drop_path_residual(
     if not isinstance(training, bool):
         training = bool(training)
     be = functional.pick_backend(backend, x.device, x.numel(), _SKIP_BACKENDS)
+    n = x.shape[dim]
+    if n == 0:  # no samples: fn is never called on an empty batch
+        return x
     if not training or p == 0.0:
         return x + _call_branch(fn, x)
-    n = x.shape[dim]
     if mode == "batch":
         if not _batch_kept(p, generator):
             return x

@@ -725,6 +725,29 @@ def test_module_matches_function_and_eval():
     assert torch.equal(block(x), x + mlp(x))
 
 
+@pytest.mark.parametrize("sample_dim", [0, 1])
+def test_no_samples_never_calls_fn(sample_dim):
+    """An x with no samples returns x itself in every mode, count and in eval: fn never sees an empty batch."""
+    shape = (0, 3, 5) if sample_dim == 0 else (3, 0, 5)
+    x = torch.randn(shape, requires_grad=True)
+    calls = []
+
+    def fn(z):
+        calls.append(z.shape)
+        return z * 2
+
+    state = torch.random.get_rng_state()
+    for kw in (dict(), dict(count="bernoulli"), dict(mode="batch"), dict(training=False), dict(p=0.0)):
+        args = dict(p=0.5, sample_dim=sample_dim)
+        args.update(kw)
+        p = args.pop("p")
+        assert sdkernels.drop_path_residual(x, fn, p, **args) is x, kw
+    assert calls == []
+    assert torch.equal(torch.random.get_rng_state(), state)  # no draw either
+    block = S.StochasticResidual(fn, 0.5, sample_dim=sample_dim)
+    assert block(x) is x and block.eval()(x) is x and calls == []
+
+
 def test_bad_inputs():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="shape"):
