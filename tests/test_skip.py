@@ -8,6 +8,7 @@ was called with (x is random, so every sample is identifiable).
 """
 import copy
 import math
+import os
 import warnings
 
 import pytest
@@ -22,6 +23,8 @@ from _tolerances import TOL, assert_close
 
 HAS_CUDA = torch.cuda.is_available()
 CUDA = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+INTERP = [pytest.mark.triton_interpret,
+          pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (own process)")]
 
 
 def _op_backends():
@@ -46,6 +49,8 @@ def _block_backends():
     params.append(pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=CUDA))
     params.append(pytest.param(("cuda", "triton"), id="cuda-triton", marks=CUDA))
     params.append(pytest.param(("cuda", "reference"), id="cuda-reference", marks=CUDA))
+    # The Triton skip ops on CPU tensors, in the interpreter's own process (pytest -m triton_interpret).
+    params.append(pytest.param(("cpu", "triton"), id="cpu-triton-interpret", marks=INTERP))
     return params
 
 

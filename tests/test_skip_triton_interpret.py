@@ -86,7 +86,7 @@ def test_triton_opcheck_and_gradcheck():
 
 @pytest.mark.parametrize("count", ["fixed", "bernoulli"])
 @pytest.mark.parametrize("mode", ["row", "batch"])
-def test_drop_path_residual_triton_matches_cpu(count, mode):
+def test_drop_path_residual_triton_matches_reference(count, mode):
     _triton_ready()
     x = torch.randn(12, 5, 40, requires_grad=True)
     lin = torch.nn.Linear(40, 40)
