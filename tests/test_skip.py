@@ -929,6 +929,20 @@ def test_triton_row_kernels_use_128bit_accesses(name, dt, arch):
         assert sum("ld.global.v4" in l for l in lines[:bra]) > 0 and sum("ld.global.v4" in l for l in lines[bra:]) > 0
 
 
+@pytest.mark.parametrize("dt", ["fp32", "bf16"])
+def test_triton_kernels_address_with_64bit_offsets(dt):
+    """Every vector of addresses in every skip-path kernel is built from int64 offsets (TTIR)."""
+    K = _triton_kernels_module()
+    from _aot import PTR, aot_asm, tensor_offset_types
+
+    for name, kern in K.KERNELS.items():
+        ptrs = {arg: PTR[dt] for arg in _tensor_ptrs(K, name)}
+        ptrs.update({arg: "*i64" for arg in kern.arg_names if arg in ("inv_ptr", "idx_ptr")})
+        consts = dict(BLOCK=4096) if name.endswith("rows") else dict(ROWS=64, COLS=64)
+        ttir = aot_asm(name, kern, ptrs, 90, dict(consts, ACC64=False), divisible=("inner",))["ttir"]
+        assert tensor_offset_types(ttir) == {"i64"}, f"{name}: offsets {tensor_offset_types(ttir)}"
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_triton_every_kernel_compiles(arch):
     K = _triton_kernels_module()

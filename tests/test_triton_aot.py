@@ -12,6 +12,7 @@ import re
 import pytest
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
+import triton.language as tl  # noqa: E402
 
 try:
     from triton.backends.compiler import GPUTarget  # noqa: F401
@@ -24,7 +25,7 @@ from sdkernels.triton_kernels import drop_path as K  # noqa: E402
 if K.INTERPRET:
     pytest.skip("TRITON_INTERPRET=1 makes @triton.jit build interpreter kernels: no AOT compile", allow_module_level=True)
 
-from _aot import PTR, aot_ptx  # noqa: E402
+from _aot import PTR, aot_asm, aot_ptx, tensor_offset_types  # noqa: E402
 
 TARGETS = [80, 90]
 
@@ -51,6 +52,30 @@ def _ptrs(name, dt):
 def _global_ops(ptx):
     return (sorted(set(re.findall(r"ld\.global(?:\.[a-z0-9_]+)*", ptx))),
             sorted(set(re.findall(r"st\.global(?:\.[a-z0-9_]+)*", ptx))))
+
+
+@pytest.mark.parametrize("dt", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(HOT))
+def test_every_address_uses_64bit_offsets(name, dt):
+    """Tensors past 2**31 elements: every vector of addresses is built from int64 offsets (TTIR), as the
+    kernels promise; the 64-bit run itself needs a GPU with tens of GB (tests/test_triton_cuda.py)."""
+    ptrs = {arg: PTR[d] for arg, d in _ptrs(name, dt).items()}
+    ptrs["scale_ptr"] = PTR["fp32"]
+    ttir = aot_asm(name, K.KERNELS[name], ptrs, 90, dict(HOT[name], ACC64=False))["ttir"]
+    n_addptr = len(re.findall(r"tt\.addptr [^:]*: tensor<", ttir))
+    assert n_addptr >= len(ptrs) - 1, f"{name}: expected a tensor addptr per tensor argument"
+    assert tensor_offset_types(ttir) == {"i64"}, f"{name}: offsets {tensor_offset_types(ttir)}"
+
+
+@triton.jit
+def _copy_i32_offsets(out_ptr, x_ptr, numel, BLOCK: tl.constexpr):  # control: a 32-bit offset kernel
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < numel), mask=offs < numel)
+
+
+def test_offset_check_sees_32bit_offsets():
+    ttir = aot_asm("control", _copy_i32_offsets, {"out_ptr": "*fp32", "x_ptr": "*fp32"}, 90, dict(BLOCK=1024))["ttir"]
+    assert tensor_offset_types(ttir) == {"i32"}
 
 
 @pytest.mark.parametrize("arch", TARGETS)

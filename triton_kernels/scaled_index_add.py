@@ -148,7 +148,8 @@ def _is_tiles_kernel(
     goffs = (o * n + s)[:, None] * inner + cols[None, :]
     m = _alpha(a_hi, a_mid, a_lo, ACC64)
     g = _acc(tl.load(g_ptr + goffs, mask=mask), ACC64)
-    tl.store(out_ptr + rows[:, None] * inner + cols[None, :], _round_to(g * m, out_ptr.dtype.element_ty), mask=mask)
+    offs = rows[:, None] * inner + cols[None, :]  # one int64 offset (not ptr + row part + int32 cols)
+    tl.store(out_ptr + offs, _round_to(g * m, out_ptr.dtype.element_ty), mask=mask)
 
 
 #: Every kernel, for ahead-of-time compile checks.
