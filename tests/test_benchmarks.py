@@ -192,6 +192,25 @@ def _cpu_stand_in_for_graph_timer(calls):
     return timer
 
 
+def test_host_bound_sizes_take_the_wall_clock_on_gpu(monkeypatch):
+    """On CUDA a host-bound size (8x16x64) is timed by a synchronised wall-clock loop, not by events
+    around an L2 flush (which would hide the launch overhead); the others by CUDA events; CPU by its timer."""
+    from benchmarks import timing
+
+    used = []
+    for name in ("time_wallclock", "time_cuda_events", "time_cpu"):
+        monkeypatch.setattr(timing, name, lambda *a, _n=name, **k: used.append(_n))
+    host_bound = [s.name for s in S.SIZES.values() if s.host_bound]
+    assert "small" in host_bound and S.SIZES["small"].shape == (8, 16, 64)
+    for size in S.SIZES.values():
+        used.clear()
+        timing.time_fn(lambda: None, "cuda", 3, host_bound=size.host_bound)
+        assert used == ["time_wallclock" if size.host_bound else "time_cuda_events"], size.name
+    used.clear()
+    timing.time_fn(lambda: None, "cpu", 3, host_bound=True)
+    assert used == ["time_cpu"]
+
+
 def test_run_ops_gpu_timer_columns():
     """run_ops hands every ok row to gpu_timer; finish_rows derives the gpu_* columns; table and headline show them."""
     case = S.Case(S.SIZES["small"], "fp32")
