@@ -65,10 +65,13 @@ def available_backends() -> Tuple[str, ...]:
 # ---- auto rule between "cuda" and "triton" (Triton backend, issue 3) ------
 # Measured on an NVIDIA H200 (torch 2.11, triton 3.6, 2026-11-27, one run of
 # `python -m benchmarks`, benchmarks/results/cuda-h200-2026-11-27.csv): the C++
-# CUDA op is as fast or faster at every size.  Forward bf16 256x197x1024,
-# p=0.1: cuda 84 us (94% of copy bandwidth) vs triton 96 us; 2048x8x4096
-# seq-first: 107 vs 234 us; backward 256x197x1024: 56 vs 329 us; host-bound
-# 8x16x64: 28 vs 145 us.  So "auto" takes the C++ op whenever it is built and
+# CUDA op is as fast or faster in 48 of the 50 rows timed for both.  Forward
+# bf16 256x197x1024, p=0.1: cuda 84 us (94% of copy bandwidth) vs triton 96 us;
+# 2048x8x4096 seq-first: 107 vs 234 us; backward 256x197x1024: 56 vs 329 us;
+# host-bound 8x16x64: 28 vs 145 us.  The two exceptions are forwards at
+# 256x197x1024 with fp32 outputs: fp32 p=0.5, 129 (triton) vs 134 us, and
+# fp32+bf16 (autocast) p=0.1, 125 vs 140 us; the C++ op wins every fwd+bwd
+# row.  So "auto" takes the C++ op whenever it is built and
 # Triton only where it is not (TRITON_MIN_NUMEL = inf).  Those Triton times
 # were host-bound (the backward was a flat ~325 us from 64x197x768 to
 # 256x197x1024): the torch.library layers cost more than the kernels.  The

@@ -4,8 +4,11 @@ Same argument lists and semantics as the C++ ops (``csrc/ops.cpp``).  They
 are registered with ``torch.library.triton_op`` and launch through
 ``wrap_triton``, so ``torch.compile`` sees the Triton kernels themselves; the
 output allocation is :func:`sdkernels.ops.out_like` (the fake kernel is the
-same Python function run on fake tensors) and autograd is the C++ ops' own,
-via :func:`sdkernels.ops.register_pair_autograd`.
+same Python function run on fake tensors) and autograd follows the C++ ops'
+rules: :func:`sdkernels.ops.register_pair_autograd` registers
+:func:`sdkernels.ops.pair_autograd_rules` for them.  (The C++ ops have the
+same rules in C++, ``csrc/autograd.cpp``, to keep Python off their dispatch
+path: a deliberate second copy, tested against the reference like the first.)
 
 Under ``TRITON_INTERPRET=1`` (read once, at import) the ops also accept CPU
 tensors, for testing without a GPU.  Interpreted kernels cannot be compiled
