@@ -45,13 +45,16 @@ mixed-precision case, labelled "fp32+bf16").
 host and the GPU, from ``torch.profiler`` over ``PROFILE_STEPS`` steps:
 ``ops_per_step`` (top-level operator calls, ATen's and custom ops', the
 host's dispatch work),
-``launches_per_step`` (CUDA kernels, memsets and copies) and
-``gpu_busy_ms`` (their summed device time per step) and ``syncs_per_step``
+``launches_per_step`` (CUDA kernels, memsets and copies),
+``gpu_busy_ms`` (their summed device time per step), ``syncs_per_step``
 (blocking CUDA runtime calls: ``cudaStreamSynchronize`` and kin, which make a
 step cost host time plus device time instead of the larger of the two; 0 for
-every graph-safe provider, 1 or more for ``skip-bernoulli``).  On a
+every graph-safe provider, 1 or more for ``skip-bernoulli``), and the
+``TOP_N`` largest per-step times by name: ``top_ops`` (top-level operators,
+host time including what they wait for) and ``top_kernels`` (CUDA).  On a
 launch-bound GPU ``gpu_busy_ms`` is well under ``time_ms`` and the launch
-counts say where the host time goes.
+counts say where the host time goes; a provider slower than eager by more
+than its own op costs shows it in these lists.
 
 The goal (issue 5): ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
 0.1 on a GPU (bf16, batch 64) and 0.15 on CPU (fp32).  Rows carry
@@ -83,6 +86,7 @@ TIMERS = ("wall", "graph")
 GRAPH_SAFE = ("eager", "fused", "skip")
 REPLAYS_PER_SAMPLE = 5
 PROFILE_STEPS = 3
+TOP_N = 5  # --profile: operators and kernels listed per row (top_ops, top_kernels)
 DEFAULT_PS = (0.1, 0.2, 0.3, 0.5)
 GOAL_MARGIN = {"cpu": 0.15, "cuda": 0.1}
 
@@ -255,17 +259,21 @@ def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]
     own = [e.time_range for e in events if e.name == _OWN_SYNC and e.device_type != DeviceType.CUDA]
     ops = launches = syncs = 0
     busy_us = 0.0
+    kernel_us: Dict[str, float] = {}
+    op_us: Dict[str, float] = {}
     for e in events:
         if e.device_type == DeviceType.CUDA:
             if not getattr(e, "is_user_annotation", False):
                 launches += 1
                 busy_us += e.time_range.elapsed_us()
+                kernel_us[e.name] = kernel_us.get(e.name, 0.0) + e.time_range.elapsed_us()
         elif _is_op(e.name):
             parent = e.cpu_parent
             while parent is not None and not _is_op(parent.name):
                 parent = parent.cpu_parent
             if parent is None:
                 ops += 1
+                op_us[e.name] = op_us.get(e.name, 0.0) + e.time_range.elapsed_us()
         elif _is_host_sync(e.name):
             t = e.time_range
             if not any(o.start <= t.start and t.end <= o.end for o in own):
@@ -276,7 +284,15 @@ def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]
         "launches_per_step": launches / steps if gpu else None,
         "gpu_busy_ms": busy_us / steps / 1e3 if gpu else None,
         "syncs_per_step": syncs / steps if gpu else None,
+        "top_ops": _top(op_us, steps),
+        "top_kernels": _top(kernel_us, steps) if gpu else None,
     }
+
+
+def _top(us_by_name: Dict[str, float], steps: int, n: int = TOP_N) -> str:
+    """``"name 12.3us; ..."``: the ``n`` largest per-step times, names cut to 60 characters."""
+    top = sorted(us_by_name.items(), key=lambda kv: (-kv[1], kv[0]))[:n]  # ties by name
+    return "; ".join(f"{name[:60]} {us / steps:.1f}us" for name, us in top)
 
 
 def _profile(run_one, device: str, steps: int = PROFILE_STEPS) -> Dict[str, Optional[float]]:

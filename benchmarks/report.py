@@ -47,6 +47,8 @@ ops_per_step       blocks --profile: top-level operator calls (ATen and custom o
 launches_per_step  blocks --profile on CUDA: kernels, memsets and copies per step
 gpu_busy_ms        blocks --profile on CUDA: their summed device time per step, ms
 syncs_per_step     blocks --profile on CUDA: blocking CUDA runtime calls (host syncs) per step
+top_ops            blocks --profile: the 5 top-level operators taking the most host time per step
+top_kernels        blocks --profile on CUDA: the 5 kernels taking the most device time per step
 bytes              bytes moved per call (benchmarks.providers.moved_bytes)
 bytes_model        "fused", "eager", "compiled", "copy", "add", "scale" or "n/a"
 tensor_mb          size of one output-dtype tensor, MB (10^6 bytes)
@@ -100,7 +102,7 @@ OPTIONAL = (
     "sample_dim", "layout", "requires_grad", "batch", "iqr_ms", "n_samples", "timer", "bytes", "bytes_model",
     "tensor_mb", "gbps", "frac_copy", "speedup_vs_eager", "speedup_vs_compile", "peak_mem_mb", "mem_method",
     "items_per_s", "cost_s", "note", "gpu_ms", "gpu_frac_copy", "gpu_speedup_vs_eager", "gpu_speedup_vs_compile",
-    "ops_per_step", "launches_per_step", "gpu_busy_ms", "syncs_per_step",
+    "ops_per_step", "launches_per_step", "gpu_busy_ms", "syncs_per_step", "top_ops", "top_kernels",
 )
 ENV = ("run_id", "date", "device", "device_name", "threads", "loadavg", "torch", "triton", "sdkernels", "python", "host")
 FIELDS = REQUIRED + OPTIONAL + ENV

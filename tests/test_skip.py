@@ -1018,7 +1018,8 @@ def test_block_suite_profile_counts():
     for r in rows:
         assert r["status"] == "ok", r.get("note")
         assert r["ops_per_step"] > 10 and r["launches_per_step"] is None and r["gpu_busy_ms"] is None
-        assert r["syncs_per_step"] is None
+        assert r["syncs_per_step"] is None and r["top_kernels"] is None
+        assert r["top_ops"].count("us") == blocks.TOP_N and "aten::" in r["top_ops"]
         assert r["ops_per_step"] == int(r["ops_per_step"])  # the same count every step
     # One residual: eager adds bernoulli_ + div_ + mul (+ mul, add in the backward) over fused's one op each way.
     assert by["fused"]["ops_per_step"] < by["eager"]["ops_per_step"]
@@ -1064,6 +1065,9 @@ def test_block_suite_profile_sync_count():
     assert counts["syncs_per_step"] == 1.5  # three over two steps
     assert counts["launches_per_step"] == 0.5 and counts["gpu_busy_ms"] == pytest.approx(0.002)
     assert counts["ops_per_step"] == 1.0  # aten::add and aten::item over two steps
+    assert counts["top_ops"] == "aten::add 5.0us; aten::item 5.0us"  # a tie: by name
+    assert counts["top_kernels"] == "add_kernel 2.0us"
+    assert blocks._top({"k" * 80: 10.0, "b": 30.0, "c": 1.0}, 2, n=2) == "b 15.0us; " + "k" * 60 + " 5.0us"
     assert blocks._count_events(events, 2, "cpu")["syncs_per_step"] is None
     for name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"):
         assert blocks._is_host_sync(name), name
