@@ -852,6 +852,33 @@ def test_cuda_compile_fullgraph_and_bf16_block():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_compile_reduce_overhead_draws_fresh_subsets():
+    """torch.compile(mode="reduce-overhead") (Inductor's CUDA graphs, what takes a launch-bound step's host
+    time away): every training call keeps k fresh samples, matches the masked full computation for them,
+    and trains fn."""
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(32, 32).cuda()
+    block = S.StochasticResidual(lin, 0.5)
+    step = torch.compile(block, mode="reduce-overhead", fullgraph=True)
+    x = torch.randn(16, 4, 32, device="cuda")
+    sets = set()
+    for _ in range(6):
+        out = step(x).detach().clone()  # a CUDA-graph output is overwritten by the next replay
+        changed = (out - x).flatten(1).abs().sum(1) != 0
+        kept = changed.nonzero().flatten()
+        assert kept.numel() == 8  # k = 16 * 0.5
+        sets.add(tuple(kept.tolist()))
+        exp = x.clone()
+        exp[kept] += lin(x[kept]).detach() * 2.0  # alpha = n / k
+        torch.testing.assert_close(out, exp, rtol=1e-5, atol=1e-5)
+    assert len(sets) > 1, "every call kept the same samples"
+    xg = x.clone().requires_grad_()
+    step(xg).sum().backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all() and xg.grad is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_cuda_graph_capture_fixed_count(backend):
     """count 'fixed' has static shapes and no host sync: it captures, and every replay draws anew."""
