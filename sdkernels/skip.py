@@ -477,6 +477,20 @@ def _warn_realised_rate(n: int, p: float, k: int) -> None:
         )
 
 
+try:
+    from torch.fx.experimental.symbolic_shapes import guard_or_false as _guard_or_false
+except ImportError:  # older torch
+    _guard_or_false = None
+
+
+def _known_zero(n) -> bool:
+    """``n == 0`` for an int; for a symbolic size, only when that is known without a data-dependent guard
+    (a sample count from ``x[mask]`` under ``torch.compile`` must not break the graph)."""
+    if _guard_or_false is not None:
+        return _guard_or_false(n == 0)
+    return type(n) is int and n == 0
+
+
 def _call_branch(fn, xs: torch.Tensor) -> torch.Tensor:
     y = fn(xs)
     if not isinstance(y, torch.Tensor):
@@ -574,7 +588,9 @@ def drop_path_residual(
     batch: when nothing is kept (``p == 1``, a dropped batch, an all-dropped
     bernoulli draw, or an ``x`` with no samples, in any mode and in eval too)
     fn is not called and ``x`` itself is returned (no random numbers drawn for
-    an ``x`` with no samples).  Gradients
+    an ``x`` with no samples; under ``torch.compile`` a sample count known
+    only at run time, e.g. from ``x[mask]``, is not tested for zero in eval,
+    so fn may then see an empty batch rather than the graph break).  Gradients
     reach x and fn's parameters exactly as in the full computation
     ``x + mask * fn(x) * alpha`` with the same kept set, provided fn acts on
     each sample independently.  **A branch whose output for one sample
@@ -596,7 +612,7 @@ def drop_path_residual(
         training = bool(training)
     be = functional.pick_backend(backend, x.device, x.numel(), _SKIP_BACKENDS)
     n = x.shape[dim]
-    if n == 0:  # no samples: fn is never called on an empty batch
+    if _known_zero(n):  # no samples: fn is never called on an empty batch
         return x
     if not training or p == 0.0:
         return x + _call_branch(fn, x)

@@ -679,6 +679,23 @@ def test_batch_mode_rate_and_unbiasedness():
 # ---------------------------------------------------------------------------
 
 
+def test_compile_fullgraph_eval_with_data_dependent_sample_count():
+    """The no-samples check must not guard on a data-dependent size: x[mask] then the block in eval compiles."""
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(8, 8)
+
+    def f(x, m):
+        y = x[m]
+        return sdkernels.drop_path_residual(y, lin, 0.1, training=False)
+
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        cf = torch.compile(f, fullgraph=True)
+        x = torch.randn(6, 8)
+        for m in (torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool), torch.zeros(6, dtype=torch.bool)):
+            out = cf(x, m)
+            torch.testing.assert_close(out, x[m] + lin(x[m]))
+
+
 def test_compile_fullgraph_fixed_count():
     torch._dynamo.reset()
     torch.manual_seed(0)
