@@ -248,7 +248,9 @@ def _is_host_sync(name: str) -> bool:
     return name.startswith("cuda") and (name.endswith("Synchronize") or name == "cudaMemcpy")
 
 
-_OWN_SYNC = "sdkernels_blocks_final_sync"  # the profiler's own closing sync (a range), left out of syncs_per_step
+# The range around the profiled steps: syncs outside it (the closing syncs of _profile and of the
+# profiler itself, which synchronises on exit while still recording) are not the steps' own.
+_STEPS = "sdkernels_blocks_steps"
 
 
 def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]:
@@ -256,7 +258,7 @@ def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]
     from torch.autograd import DeviceType
 
     events = list(events)
-    own = [e.time_range for e in events if e.name == _OWN_SYNC and e.device_type != DeviceType.CUDA]
+    steps_ranges = [e.time_range for e in events if e.name == _STEPS and e.device_type != DeviceType.CUDA]
     ops = launches = syncs = 0
     busy_us = 0.0
     kernel_us: Dict[str, float] = {}
@@ -276,7 +278,7 @@ def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]
                 op_us[e.name] = op_us.get(e.name, 0.0) + e.time_range.elapsed_us()
         elif _is_host_sync(e.name):
             t = e.time_range
-            if not any(o.start <= t.start and t.end <= o.end for o in own):
+            if any(o.start <= t.start and t.end <= o.end for o in steps_ranges):
                 syncs += 1
     gpu = device == "cuda" and launches > 0
     return {
@@ -301,18 +303,18 @@ def _profile(run_one, device: str, steps: int = PROFILE_STEPS) -> Dict[str, Opti
     An operator call counts when no operator encloses it (a custom op's inner
     ATen calls are its own work); GPU events are kernels, memsets and copies
     (user annotations left out); host syncs are the CUDA runtime's blocking
-    calls (:func:`_is_host_sync`) but the profiler's own closing sync.  No GPU
-    event at all gives None, not zero, for the three CUDA counts.
+    calls (:func:`_is_host_sync`) made during the steps (not the closing
+    syncs).  No GPU event at all gives None, not zero, for the CUDA counts.
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     _sync(device)
     with profile(activities=acts) as prof:
-        for _ in range(steps):
-            run_one()
-        with record_function(_OWN_SYNC):
-            _sync(device)
+        with record_function(_STEPS):
+            for _ in range(steps):
+                run_one()
+        _sync(device)
     return _count_events(prof.events(), steps, device)
 
 

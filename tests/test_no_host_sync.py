@@ -3,11 +3,14 @@
 A device sync in a training step serialises the host and the GPU: the step
 then costs their sum instead of the larger of the two.  The fused ops and the
 skip path's count "fixed" promise none (the draw stays on the device, the
-shapes are static).  ``torch.cuda.set_sync_debug_mode("error")`` turns every
-synchronising CUDA call (``.item()``, ``nonzero``, a blocking copy from
-pageable host memory, ``cudaStreamSynchronize``) into a RuntimeError, here
-over a forward and a backward.  The positive control (count "bernoulli",
-which needs its kept count on the host) shows the mode is really on.
+shapes are static).  ``torch.cuda.set_sync_debug_mode("error")`` turns the
+syncs that go through c10's sync check (``.item()``, ``.cpu()``, ``nonzero``,
+blocking copies, stream synchronisation) into a RuntimeError, here over a
+forward and a backward.  It does not see ``torch.cuda.synchronize()`` or
+``Event.synchronize()``; the block suite's ``--profile`` counts every blocking
+CUDA runtime call (``syncs_per_step``, checked in tests/test_skip.py).  The
+positive control (count "bernoulli", which needs its kept count on the host)
+shows the mode is really on.
 """
 import contextlib
 import os
