@@ -47,7 +47,9 @@ def pair_autograd_rules(sample_scale_fn):
     linear in their tensor inputs, so their backwards are ``sample_scale_fn``
     again and double backward works.  ``scale`` is a mask, not differentiable;
     it is the only tensor saved.  Used by :func:`register_pair_autograd` and by
-    the Triton backend's eager fast path (``sdkernels.triton_ops``).
+    the Triton backend's eager fast path (``sdkernels.triton_ops``); the
+    first two also by the skip path's ``scaled_index_add`` (``index`` in
+    ``scale``'s place, :func:`sdkernels.skip.register_index_autograd`).
     """
 
     def setup_residual_add(ctx, inputs, output):

@@ -55,7 +55,7 @@ from typing import Callable, Dict, FrozenSet, Optional
 import torch
 from torch import nn
 
-from . import functional, reference
+from . import functional, ops, reference
 from ._ext import HAS_EXT, has_kernel
 
 __all__ = [
@@ -125,13 +125,6 @@ def reference_index_scale(
     return (g * torch.tensor(alpha, dtype=acc, device=grad.device)).to(out_dtype)
 
 
-def _callable(op):
-    if isinstance(op, str):
-        ns, name = op.split("::")
-        return getattr(getattr(torch.ops, ns), name).default
-    return op
-
-
 def register_index_autograd(scaled_index_add_op, index_scale_op) -> None:
     """Register autograd for a (scaled_index_add, index_scale)-shaped pair of ops.
 
@@ -143,27 +136,14 @@ def register_index_autograd(scaled_index_add_op, index_scale_op) -> None:
     * ``index_scale``: ``grad_grad = scaled_index_add(zeros, grad_out, index, sample_dim, alpha)``
       in grad's shape and dtype.
 
-    Ops may be given by name ("sdkernels::...") or as op objects.
+    Ops may be given by name ("sdkernels::...") or as op objects.  The
+    ``scaled_index_add`` rule is the core ``scaled_residual_add`` rule of
+    :func:`sdkernels.ops.pair_autograd_rules` (same argument positions, ``index``
+    saved where ``scale`` is) with ``index_scale`` as the src-gradient op.
     """
-    call_add = _callable(scaled_index_add_op)
-    call_scale = _callable(index_scale_op)
-
-    def setup_add(ctx, inputs, output):
-        residual, src, index, sample_dim, alpha = inputs
-        ctx.save_for_backward(index)
-        ctx.sample_dim = sample_dim
-        ctx.alpha = alpha
-        ctx.residual_dtype = residual.dtype
-        ctx.src_dtype = src.dtype
-
-    def backward_add(ctx, grad):
-        (index,) = ctx.saved_tensors
-        g_residual = g_src = None
-        if ctx.needs_input_grad[0]:
-            g_residual = grad if grad.dtype == ctx.residual_dtype else grad.to(ctx.residual_dtype)
-        if ctx.needs_input_grad[1]:
-            g_src = call_scale(grad, index, ctx.sample_dim, ctx.alpha, ctx.src_dtype)
-        return g_residual, g_src, None, None, None
+    call_add = ops._callable(scaled_index_add_op)
+    call_scale = ops._callable(index_scale_op)
+    setup_add, backward_add = ops.pair_autograd_rules(call_scale)[:2]
 
     def setup_scale(ctx, inputs, output):
         grad, index, sample_dim, alpha, _dtype = inputs
