@@ -266,9 +266,10 @@ def _count_events(events, steps: int, device: str) -> Dict[str, Optional[float]]
     for e in events:
         if e.device_type == DeviceType.CUDA:
             if not getattr(e, "is_user_annotation", False):
+                us = e.time_range.elapsed_us()
                 launches += 1
-                busy_us += e.time_range.elapsed_us()
-                kernel_us[e.name] = kernel_us.get(e.name, 0.0) + e.time_range.elapsed_us()
+                busy_us += us
+                kernel_us[e.name] = kernel_us.get(e.name, 0.0) + us
         elif _is_op(e.name):
             parent = e.cpu_parent
             while parent is not None and not _is_op(parent.name):
