@@ -3,11 +3,11 @@
 ``drop_path_add(residual, branch, p)`` computes ``residual + drop_path(branch)``
 in one pass over memory, forward and backward, on CPU (C++), CUDA and Triton.
 """
-from . import nn, reference  # noqa: F401
+from . import compat, nn, reference  # noqa: F401
 from .functional import available_backends, drop_path, drop_path_add, drop_path_rates
 
 __version__ = "0.1.0"
-__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "nn", "reference"]
+__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "nn", "reference", "compat"]
 
 # ---- skip path (issue 5): branch run on kept samples only ------------------
 from .skip import drop_path_residual  # noqa: E402

@@ -7,7 +7,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from . import ops, reference
+from . import _fx, ops, reference
 from ._ext import has_kernel
 
 __all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend"]
@@ -148,8 +148,8 @@ def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, gene
 
 
 def _draw(x: torch.Tensor, dim: int, p: float, mode: str, generator) -> torch.Tensor:
-    n = x.shape[dim] if mode == "row" else 1
-    return torch.empty(n, dtype=torch.float32, device=x.device).bernoulli_(1.0 - p, generator=generator)
+    """The keep mask of ``x`` (the tensor timm would drop): :func:`sdkernels.reference.draw_keep`."""
+    return reference.draw_keep(x.shape[dim], p, mode, x.device, generator, reference.draw_dtype(x.dtype))
 
 
 def drop_path_add(
@@ -195,6 +195,11 @@ def drop_path_add(
     ``grad_out`` itself and ``grad_branch`` is ``grad_out / (1 - p)`` on kept
     samples, zeros on dropped ones.
     """
+    proxy = _fx.first_proxy(residual, branch)
+    if proxy is not None:  # torch.fx tracing: one leaf node
+        return _fx.record(proxy, drop_path_add, (residual, branch, p), dict(
+            training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
+            generator=generator, backend=backend))
     dim = _check_common(residual, "residual", p, mode, sample_dim, backend, generator)
     if not isinstance(branch, torch.Tensor):
         raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
@@ -207,7 +212,7 @@ def drop_path_add(
     be = pick_backend(backend, residual.device, residual.numel())
     if not training or p == 0.0:
         return residual + branch
-    keep = _draw(residual, dim, p, mode, generator)
+    keep = _draw(branch, dim, p, mode, generator)
     return be.residual_add(residual, branch, keep, dim, reference.keep_scale(p, scale_by_keep))
 
 
@@ -228,6 +233,10 @@ def drop_path(
     values are never read).  With ``training=False`` or ``p == 0`` returns
     ``x`` itself.  Arguments as in :func:`drop_path_add`.
     """
+    if isinstance(x, _fx.Proxy):  # torch.fx tracing: one leaf node
+        return _fx.record(x, drop_path, (x, p), dict(
+            training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
+            generator=generator, backend=backend))
     dim = _check_common(x, "x", p, mode, sample_dim, backend, generator)
     be = pick_backend(backend, x.device, x.numel())
     if not training or p == 0.0:

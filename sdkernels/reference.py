@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "acc_dtype",
+    "draw_dtype",
     "draw_keep",
     "keep_scale",
     "scaled_residual_add",
@@ -37,14 +38,29 @@ def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def draw_keep(n: int, p: float, mode: str, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw the keep mask: fp32 zeros and ones, ``n`` values for mode "row", one for "batch".
+def draw_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the keep mask of a ``dtype`` input is drawn in: float64 for float64, else float32.
 
-    The draw is ``torch.empty(k, dtype=torch.float32, device=device).bernoulli_(1 - p, generator=generator)``,
-    the same stream timm's ``drop_path`` consumes, so one seed keeps the same samples.
+    timm's ``drop_path`` and torchvision's ``stochastic_depth`` draw their mask in
+    the input's dtype.  For fp16, bf16 and fp32 that consumes the stream an fp32
+    draw does (same values on CPU and CUDA); fp64 takes another path on CUDA, so
+    fp64 inputs draw in fp64 and keep the same samples there too.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def draw_keep(
+    n: int, p: float, mode: str, device, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Draw the keep mask: zeros and ones, ``n`` values for mode "row", one for "batch".
+
+    The draw is ``torch.empty(k, dtype=dtype, device=device).bernoulli_(1 - p, generator=generator)``
+    with ``dtype`` from :func:`draw_dtype` of the input (float32 or float64), the
+    stream timm's ``drop_path`` and torchvision's ``stochastic_depth`` consume, so one
+    seed keeps the same samples.
     """
     k = n if mode == "row" else 1
-    return torch.empty(k, dtype=torch.float32, device=device).bernoulli_(1.0 - p, generator=generator)
+    return torch.empty(k, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=generator)
 
 
 def keep_scale(p: float, scale_by_keep: bool) -> float:
@@ -105,7 +121,7 @@ def drop_path_add(
     if not training or p == 0.0:
         return residual + branch
     dim = sample_dim % residual.dim()
-    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator)
+    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(branch.dtype))
     return scaled_residual_add(residual, branch, keep, dim, keep_scale(p, scale_by_keep))
 
 
@@ -123,7 +139,7 @@ def drop_path(
     if not training or p == 0.0:
         return x
     dim = sample_dim % x.dim()
-    keep = draw_keep(x.shape[dim], p, mode, x.device, generator)
+    keep = draw_keep(x.shape[dim], p, mode, x.device, generator, draw_dtype(x.dtype))
     return sample_scale(x, keep, dim, keep_scale(p, scale_by_keep))
 
 

@@ -55,7 +55,7 @@ from typing import Callable, Dict, FrozenSet, Optional
 import torch
 from torch import nn
 
-from . import functional, ops, reference
+from . import _fx, functional, ops, reference
 from ._ext import HAS_EXT, has_kernel
 
 __all__ = [
@@ -583,6 +583,10 @@ def drop_path_residual(
         Tensor of x's shape, dtype ``promote_types(x.dtype, fn(x).dtype)`` (or
         ``x`` itself when nothing is kept).
     """
+    if isinstance(x, _fx.Proxy):  # torch.fx tracing: one leaf node, fn recorded as the submodule it is
+        return _fx.record(x, drop_path_residual, (x,), dict(
+            fn=fn, p=p, training=training, mode=mode, count=count, scale_by_keep=scale_by_keep,
+            sample_dim=sample_dim, generator=generator, backend=backend), modules=("fn",))
     dim = functional._check_common(x, "x", p, mode, sample_dim, backend, generator)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
