@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                "--list prints every valid name.",
     )
     ap.add_argument("--suite", default=None,
-                    help=f"suites among {', '.join(S.SUITES)} or 'all' (default: ops,e2e; blocks is opt-in)")
+                    help=f"suites among {', '.join(S.SUITES)} or 'all' (default: ops,e2e; blocks, models and train "
+                         "are opt-in: models takes tens of minutes on a 2-core CPU, mostly compiling; 'all' runs "
+                         "every suite: ops, e2e, blocks, models, train)")
     ap.add_argument("--ops", default=None, help=f"ops among {', '.join(S.OPS)} (default: drop_path_add)")
     ap.add_argument("--modes", default=None,
                     help=f"modes among {', '.join(S.MODES)} (default: fwd,bwd,fwd+bwd; plus fwd-nograd on host-bound sizes)")
@@ -169,7 +171,18 @@ def main(argv=None) -> int:
             ap.error("--suite blocks: benchmarks/blocks.py has no run_block_suite(device, dtype, batch, ps, repeats, progress)")
 
     rows: List[Dict] = []
-    bar = _progress(len(plans) + n_e2e + n_mem, a.no_progress)
+    train_curves = None
+    n_models = 0
+    if "models" in suites:
+        from . import models
+
+        n_models = len(models.default_models(device)) * len(models.RATES) * len(models.PROVIDERS)
+    n_train = 0
+    if "train" in suites:
+        from . import train
+
+        n_train = len(train.SEEDS) * len(train.VARIANTS)
+    bar = _progress(len(plans) + n_e2e + n_mem + n_models + n_train, a.no_progress)
     old = signal.signal(signal.SIGTERM, _on_term)
     interrupted = None
     phases: Dict[str, float] = {}
@@ -199,6 +212,22 @@ def main(argv=None) -> int:
                 rows += blocks_mod.run_block_suite(device, dt, a.batch, ps or list(BLOCK_PS),
                                                    a.repeats, bar)
             phase("blocks")
+        if "models" in suites:
+            from . import models
+
+            rows += models.run_models(device, batch=a.batch, repeats=a.repeats, progress=bar, deadline=deadline)
+            phase("models")
+        if "train" in suites:
+            from . import train
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # a tiny model: more threads only wait on each other
+            try:
+                train_rows, train_curves = train.run_train(progress=bar)
+            finally:
+                torch.set_num_threads(threads)
+            rows += train_rows
+            phase("train")
         if not a.no_memory:
             # The minimum over tries: a transient (a late free) can only add.
             opsuite.measure_memory(rows, cases, device, bar, deadline, tries=3 if device == "cuda" else 2)
@@ -228,12 +257,20 @@ def main(argv=None) -> int:
     with open(stem + ".txt", "w") as f:
         f.write(table + "\n\nheadline:\n" + head + f"\n\nwall time {elapsed:.1f} s\n")
     print(table)
+    if "models" in suites:
+        print("\n" + models.format_rows(rows))
+    if "train" in suites:
+        print("\n" + train.format_rows(rows))
     pngs = []
     if not a.no_plots:
         from . import plot
 
         try:
             pngs = plot.plot_rows(rows, stem)
+            if train_curves:
+                from . import train
+
+                pngs.append(train.plot_curves(train_curves, stem + "-train.png"))
         except Exception as e:  # plots must not lose the data
             print(f"plots failed: {type(e).__name__}: {e}", file=sys.stderr)
     print("\nheadline:\n" + (head or "(none)"))

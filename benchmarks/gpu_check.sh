@@ -7,18 +7,19 @@
 # Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 420); each
 # step's limit is min(its cap, time left - what the later steps need), caps/reserves in seconds:
 #   build 120 (leaves 205), import 30 (leaves 200), tests-cuda 210 (leaves 190), tests-rest 90 (leaves 160),
-#   memcheck 45 (leaves 130), blocks 90 (leaves 100), sweep 60 (at least 35, else skipped; leaves 60),
-#   bench the rest
+#   memcheck 45 (leaves 130), blocks 90 (leaves 100), models 60 (at least 25, leaves 90), sweep 60 (at least
+#   35, else skipped; leaves 60), bench the rest
 #   1. build   pip install --no-build-isolation --no-deps -e .  (FORCE_CUDA=1, the GPU's arch only)
 #   2. import  the cuda (and triton) backends are available
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
 #   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers
+#   5b. models python -m benchmarks.models: ViT-B/16 training steps, eager vs sdkernels.convert (cap 60)
 #   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
 #   7. bench   python -m benchmarks (the default suite, each op row also timed as a CUDA graph)
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
-# blocks-<date>.csv, <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png), else to a fresh folder under
-# benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
+# suites-<date>.tar.gz (the blocks and models CSVs), <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png),
+# else to a fresh folder under benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
 set -u
 set -o pipefail
 
@@ -26,7 +27,7 @@ DRY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$arg' (valid: --dry-run, --help)" >&2; exit 2 ;;
     esac
 done
@@ -188,6 +189,32 @@ else
     record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)(  \[|$)' "$DEST/.blocks_table") skip rows: $(grep -c -E ' ok(  \[|$)' "$DEST/.blocks_table") meet the goal"
 fi
 
+# ---- 5b. models suite (issue 12): ViT-B/16 training steps, eager vs sdkernels.convert ------------
+if [ "$DRY" = 1 ]; then
+    MOD=("$PY" -m benchmarks.models --device cpu --models vit_tiny_patch16_224 --rates 0.4 --batch 2 --repeats 1
+         --img-size 32 --providers eager,convert,convert-skip --out "$DEST" --name models-dry-run)
+else
+    MOD=("$PY" -m benchmarks.models --device cuda --models vit_base_patch16_224 --rates 0.4,0.1 --repeats 15
+         --providers eager,convert,convert-skip --out "$DEST" --name "models-$(date +%Y-%m-%d)")
+fi
+if [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record models SKIP "sdkernels does not import"
+elif ! timeout 60 "$PY" -c "import timm" 2>/dev/null; then
+    STEP_SECS=0; record models SKIP "timm is not installed"
+else
+    MCAP="${GPU_MODELS_CAP:-60}"
+    MLIM=$(( $(left) - 90 ))
+    [ "$DRY" = 1 ] && MLIM=$MCAP
+    [ "$MLIM" -gt "$MCAP" ] && MLIM=$MCAP
+    if [ "$MLIM" -lt 25 ]; then
+        STEP_SECS=0; record models SKIP "${MLIM}s left for it (needs 25)"
+    else
+        run_step models "$MLIM" 90 "${MOD[@]}" --time-limit $(( MLIM > 30 ? MLIM - 20 : 10 ))
+        grep -E "^vit_" "$STEP_OUT" > "$DEST/.models_table" 2>/dev/null
+        record models "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)$' "$DEST/.models_table") goal rows: $(grep -c -E ' ok$' "$DEST/.models_table") met"
+    fi
+fi
+
 # ---- 6. Triton launch-config sweep (issue 3) -----------------------------------------------------
 if [ "$IMPORT_OK" != 0 ]; then
     STEP_SECS=0; record sweep SKIP "sdkernels does not import"
@@ -223,7 +250,7 @@ else
     BENCH=("$PY" -m benchmarks --device cuda --out "$DEST" --no-progress --time-limit "$TL")
     run_step bench 600 5 "${BENCH[@]}"
 fi
-CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | grep -v -E '/blocks-[^/]*\.csv$' | head -n 1)
+CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | grep -v -E '/(blocks|models)-[^/]*\.csv$' | head -n 1)
 NROWS=0
 [ -n "$CSV" ] && NROWS=$(( $(wc -l < "$CSV") - 1 ))
 NPNG=$(ls "$DEST"/*.png 2>/dev/null | wc -l)
@@ -232,6 +259,11 @@ BST=$(rc_status $STEP_RC)
 record bench "$BST" "$NROWS rows in $(basename "${CSV:-none}"), $NPNG PNGs"
 
 # ---- summary -----------------------------------------------------------------------------------
+# A lent run brings back at most 8 files: the per-suite CSVs (blocks, models) travel as one tarball.
+SUITE_CSVS=$(cd "$DEST" && ls blocks-*.csv models-*.csv 2>/dev/null)
+if [ -n "$SUITE_CSVS" ]; then
+    (cd "$DEST" && tar czf "suites-$(date +%Y-%m-%d).tar.gz" $SUITE_CSVS && rm -f $SUITE_CSVS)
+fi
 FAILED=0
 {
     echo
@@ -246,6 +278,11 @@ FAILED=0
         echo "Triton launch-config sweep:"
         cat "$DEST/.sweep_best"
     fi
+    if [ -s "$DEST/.models_table" ]; then
+        echo
+        echo "models suite (time / eager; goals at rate 0.4: convert 0.98, convert-skip 0.85):"
+        cat "$DEST/.models_table"
+    fi
     if [ -s "$DEST/.blocks_table" ]; then
         echo
         echo "block suite (time / eager; goal for skip (1 - p) + margin):"
@@ -259,7 +296,7 @@ FAILED=0
     echo
     echo "files in $DEST: $(cd "$DEST" && ls | tr '\n' ' ')"
 } > "$DEST/summary.txt"
-rm -f "$DEST"/.step-*.log "$DEST/.blocks_table" "$DEST/.sweep_best"
+rm -f "$DEST"/.step-*.log "$DEST/.blocks_table" "$DEST/.sweep_best" "$DEST/.models_table"
 cat "$DEST/summary.txt" >> "$LOG"
 cat "$DEST/summary.txt"
 exit $FAILED

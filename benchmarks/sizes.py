@@ -88,8 +88,10 @@ MODES = ("fwd", "bwd", "fwd+bwd", "fwd-nograd")
 DEFAULT_MODES = ("fwd", "bwd", "fwd+bwd")
 #: drop_path_add: residual + drop_path(branch); drop_path: drop_path(x) alone.
 OPS = ("drop_path_add", "drop_path")
-#: ops: the op suite; e2e: ViT-B block training step; blocks: skip-path block suite.
-SUITES = ("ops", "e2e", "blocks")
+#: ops: the op suite; e2e: ViT-B block training step; blocks: skip-path block suite; models: real timm
+#: models' training steps, eager vs sdkernels.convert (eager and compiled); train: a small ViT trained on
+#: scikit-learn's digits, eager vs convert (accuracy).  "all" runs every one of them.
+SUITES = ("ops", "e2e", "blocks", "models", "train")
 DEFAULT_PS = (0.1, 0.5)
 
 

@@ -40,8 +40,8 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-__all__ = ["Timing", "time_fn", "time_cpu", "time_cuda_events", "time_cuda_graph", "time_wallclock", "peak_memory",
-           "cpu_memory_probe"]
+__all__ = ["Timing", "time_fn", "time_cpu", "time_cuda_events", "time_cuda_graph", "time_wallclock", "time_interleaved",
+           "peak_memory", "cpu_memory_probe"]
 
 
 @dataclass
@@ -323,3 +323,30 @@ def peak_memory(fn: Callable[[], object], device: str, tries: int = 3) -> Tuple[
         best = min(best, _status_bytes("VmHWM") - base)
         del out
     return float(max(best, 0)), "cpu_rss_hwm_estimate"
+
+
+def time_interleaved(steps: "dict", repeats: int, device: str, warmup: int = 2,
+                     deadline: Optional[float] = None) -> "dict":
+    """Time whole training steps of several providers, interleaved (A B C A B C ...).
+
+    ``steps`` maps a provider name to a callable running one step.  Each is run ``warmup`` times first
+    (torch.compile compiles there), then ``repeats`` rounds in which every provider's step is timed once
+    by a synchronised wall clock, so slow drift of a shared machine hits all alike.  Returns
+    ``{name: Timing}`` (median, inter-quartile range).  ``deadline`` (a ``time.monotonic()`` value)
+    ends the rounds early, keeping at least one.
+    """
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in steps}
+    for i in range(max(1, repeats)):
+        if i and deadline is not None and time.monotonic() > deadline:
+            break
+        for name, fn in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: _summary(ts, "wall_clock_sync (providers interleaved)") for name, ts in times.items()}

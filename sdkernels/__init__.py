@@ -13,3 +13,8 @@ __all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates"
 from .skip import drop_path_residual  # noqa: E402
 
 __all__ += ["drop_path_residual"]
+
+# ---- one call for timm and torchvision models (issue 12) --------------------
+from .conversion import conversion_report, convert, unconvert  # noqa: E402
+
+__all__ += ["convert", "unconvert", "conversion_report"]

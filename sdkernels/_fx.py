@@ -1,4 +1,5 @@
-"""torch.fx: every sdkernels function a model calls traces as one leaf node.
+"""torch.fx and TorchScript: every sdkernels function a model calls traces as one leaf node; scripting
+stops with a clear error.
 
 ``torch.fx.symbolic_trace`` (and what is built on it: torchvision's
 ``create_feature_extractor``, timm's FX feature extraction) runs a module's
@@ -22,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch.fx import Proxy
 
-__all__ = ["Proxy", "first_proxy", "record"]
+__all__ = ["Proxy", "first_proxy", "record", "NotScriptable"]
 
 
 def first_proxy(*values) -> Optional[Proxy]:
@@ -69,3 +70,15 @@ def record(proxy: Proxy, target: Callable, args: tuple, kwargs: dict, *, modules
         if name in kwargs:
             kwargs[name] = _module_arg(tracer, kwargs[name], name)
     return tracer.create_proxy("call_function", target, args, kwargs)
+
+
+class NotScriptable:
+    """Mixin of the sdkernels modules: ``torch.jit.script`` calls ``__prepare_scriptable__`` first, and
+    these modules cannot be scripted (their fused ops are Python-level custom ops), so say so there
+    instead of failing deep inside the compiler."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"sdkernels: torch.jit.script cannot compile {type(self).__name__} (its fused ops are Python-level "
+            "custom ops); use torch.compile, or sdkernels.unconvert(model) for a model converted by sdkernels.convert"
+        )

@@ -213,7 +213,8 @@ def drop_path_add(
     if not training or p == 0.0:
         return residual + branch
     keep = _draw(branch, dim, p, mode, generator)
-    return be.residual_add(residual, branch, keep, dim, reference.keep_scale(p, scale_by_keep))
+    alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(residual.dtype, branch.dtype))
+    return be.residual_add(residual, branch, keep, dim, alpha)
 
 
 def drop_path(
@@ -242,7 +243,7 @@ def drop_path(
     if not training or p == 0.0:
         return x
     keep = _draw(x, dim, p, mode, generator)
-    return be.sample_scale(x, keep, dim, reference.keep_scale(p, scale_by_keep), None)
+    return be.sample_scale(x, keep, dim, reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype)), None)
 
 
 def drop_path_rates(rate: float, depth: int):

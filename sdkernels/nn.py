@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 from . import functional as F
+from ._fx import NotScriptable as _NotScriptable
 
 __all__ = ["DropPath", "StochasticDepth", "DropPathAdd"]
 
 
-class DropPath(nn.Module):
+class DropPath(_NotScriptable, nn.Module):
     """Drop paths per sample (stochastic depth), with timm's signature and train/eval behaviour.
 
     ``forward(x)`` returns ``x`` in eval mode or at ``drop_prob == 0``, else
@@ -18,13 +19,15 @@ class DropPath(nn.Module):
     residual: it fuses the add too.
     """
 
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True, *, backend: str = "auto"):
         super().__init__()
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.drop_path(x, self.drop_prob, training=self.training, scale_by_keep=self.scale_by_keep)
+        return F.drop_path(x, self.drop_prob, training=self.training, scale_by_keep=self.scale_by_keep,
+                           backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"drop_prob={round(self.drop_prob, 3):0.3f}"
@@ -37,28 +40,29 @@ def _tv_check(p, mode):
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
 
 
-class StochasticDepth(nn.Module):
+class StochasticDepth(_NotScriptable, nn.Module):
     """torchvision's ``StochasticDepth(p, mode)``: randomly drop rows ("row") or the whole batch ("batch").
 
     Raises torchvision's ``ValueError`` messages for a bad ``p`` or ``mode``
     (at construction, and again in ``forward`` if the attributes were changed).
     """
 
-    def __init__(self, p: float, mode: str) -> None:
+    def __init__(self, p: float, mode: str, *, backend: str = "auto") -> None:
         super().__init__()
         _tv_check(p, mode)
         self.p = p
         self.mode = mode
+        self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         _tv_check(self.p, self.mode)
-        return F.drop_path(input, self.p, training=self.training, mode=self.mode)
+        return F.drop_path(input, self.p, training=self.training, mode=self.mode, backend=self.backend)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
 
 
-class DropPathAdd(nn.Module):
+class DropPathAdd(_NotScriptable, nn.Module):
     """``forward(residual, branch) = residual + drop_path(branch)``, fused in one pass.
 
     Replace ``x = x + self.drop_path(self.mlp(x))`` by

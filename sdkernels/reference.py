@@ -14,6 +14,8 @@ rounded once to ``torch.promote_types(residual.dtype, branch.dtype)``.
 """
 from __future__ import annotations
 
+import functools
+import struct
 from typing import List, Optional
 
 import torch
@@ -63,10 +65,37 @@ def draw_keep(
     return torch.empty(k, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=generator)
 
 
-def keep_scale(p: float, scale_by_keep: bool) -> float:
-    """The multiplier of kept samples: 1/(1-p) with scale_by_keep (1 when p == 1: nothing is kept)."""
+def keep_scale(p: float, scale_by_keep: bool, dtype: torch.dtype = torch.float32) -> float:
+    """The multiplier of kept samples, 1/(1-p) with scale_by_keep (1 when p == 1: nothing is kept), as the
+    math dtype ``dtype`` (float32, or float64 for float64 tensors) holds it.
+
+    For float32 math it is ``float32(1) / float32(1 - p)``, the value timm's ``drop_path`` and
+    torchvision's ``stochastic_depth`` divide their mask by (``mask.div_(keep_prob)`` runs in fp32 for
+    fp16/bf16/fp32 masks), so fp32 results match theirs bit for bit; it may differ from the correctly
+    rounded ``float32(1 / (1 - p))`` by one unit in the last place (e.g. p = 0.0444).  For float64
+    math it is ``1.0 / (1 - p)`` in double, as timm computes it for fp64 inputs.
+    """
     keep = 1.0 - p
-    return 1.0 / keep if (scale_by_keep and keep > 0.0) else 1.0
+    if not scale_by_keep or keep <= 0.0:
+        return 1.0
+    if dtype == torch.float64:
+        return 1.0 / keep
+    if torch.compiler.is_compiling():  # traced once per graph; dynamo would warn about the cache wrapper
+        return _fp32_quotient(keep)
+    return _fp32_reciprocal(keep)
+
+
+def _to_fp32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def _fp32_quotient(keep: float) -> float:
+    # 1 / fp32(keep) in double, rounded once to fp32: the correctly rounded fp32 quotient (double has more
+    # than 2 * 24 + 2 bits, so the double rounding is innocuous for a division).
+    return _to_fp32(1.0 / _to_fp32(keep))
+
+
+_fp32_reciprocal = functools.lru_cache(maxsize=256)(_fp32_quotient)  # a model has a few rates; every call needs one
 
 
 def _per_sample(scale: torch.Tensor, x: torch.Tensor, sample_dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -122,7 +151,8 @@ def drop_path_add(
         return residual + branch
     dim = sample_dim % residual.dim()
     keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(branch.dtype))
-    return scaled_residual_add(residual, branch, keep, dim, keep_scale(p, scale_by_keep))
+    return scaled_residual_add(residual, branch, keep, dim,
+                               keep_scale(p, scale_by_keep, acc_dtype(residual.dtype, branch.dtype)))
 
 
 def drop_path(
@@ -140,7 +170,7 @@ def drop_path(
         return x
     dim = sample_dim % x.dim()
     keep = draw_keep(x.shape[dim], p, mode, x.device, generator, draw_dtype(x.dtype))
-    return sample_scale(x, keep, dim, keep_scale(p, scale_by_keep))
+    return sample_scale(x, keep, dim, keep_scale(p, scale_by_keep, acc_dtype(x.dtype)))
 
 
 def timm_drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True):

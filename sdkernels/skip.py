@@ -605,7 +605,8 @@ def drop_path_residual(
             return x
         y = _call_branch(fn, x)
         scale = torch.ones(1, dtype=torch.float32, device=x.device)
-        return _core_residual_add(be.name)(x, y, scale, dim, reference.keep_scale(p, scale_by_keep))
+        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype))
+        return _core_residual_add(be.name)(x, y, scale, dim, alpha)
     if count == "fixed":
         k = kept_count(n, p)
         if k == 0:
@@ -618,16 +619,18 @@ def drop_path_residual(
         index = keep.nonzero().squeeze(1)
         if index.numel() == 0:  # host sync
             return x
-        alpha = reference.keep_scale(p, scale_by_keep)
+        alpha = None  # 1/(1-p) as the math dtype holds it, once fn's output dtype is known
     if be.split is not None and x.requires_grad and torch.is_grad_enabled():
         residual, xs = be.split.apply(x, index, dim)
     else:
         residual, xs = x, be.gather(x, index, dim)
     y = _call_branch(fn, xs)
+    if alpha is None:
+        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype))
     return be.index_add(residual, y, index, dim, alpha)
 
 
-class StochasticResidual(nn.Module):
+class StochasticResidual(_fx.NotScriptable, nn.Module):
     """``forward(x) = x + drop_path(branch(x))`` with ``branch`` run on the kept samples only.
 
     A residual block with stochastic depth that saves the dropped samples'

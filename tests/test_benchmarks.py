@@ -1,8 +1,10 @@
 """The benchmark suite: byte counting, name checks, rows, CSV -> plot round trip, and the GPU check's dry run."""
+import importlib.util
 import math
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -375,11 +377,16 @@ def test_gpu_check_dry_run(tmp_path):
     assert res.returncode == 0, out[-4000:]
     assert "gpu_check summary (DRY RUN" in out
     assert "Triton launch-config sweep:" in out and "best: 3x5x40 fwd" in out  # the sweep ran under the interpreter
-    for step in ("syntax", "build", "import", "tests", "memcheck", "sweep", "bench"):
+    for step in ("syntax", "build", "import", "tests", "memcheck", "blocks", "models", "sweep", "bench"):
         assert step in out
     files = os.listdir(tmp_path)
     assert {"gpu_check.log", "summary.txt", "bench-dry-run.csv", "bench-dry-run-speedup.png"} <= set(files), files
     assert len(files) <= 8  # the device tool brings back at most 8 files
+    tarballs = [f for f in files if f.startswith("suites-") and f.endswith(".tar.gz")]
+    if importlib.util.find_spec("timm") is not None:
+        assert "[models] OK" in out, out[-3000:]
+        with tarfile.open(tmp_path / tarballs[0]) as tar:  # the blocks and models CSVs travel as one file
+            assert sorted(tar.getnames()) == ["blocks-dry-run.csv", "models-dry-run.csv"]
     rows = report.read_csv(str(tmp_path / "bench-dry-run.csv"))
     ok = {(r["provider"], r["mode"]) for r in rows if r["status"] == "ok"}
     assert ("sdk-cpu", "fwd") in ok and ("eager_timm", "bwd") in ok and ("copy", "copy") in ok

@@ -1,0 +1,257 @@
+"""One call that makes timm and torchvision models use sdkernels: :func:`convert`.
+
+::
+
+    model = timm.create_model("deit3_small_patch16_224", drop_path_rate=0.2)
+    sdkernels.convert(model)                    # in place; fused residual adds, same results under one seed
+    sdkernels.convert(model, skip=True)         # branches run on the kept samples only, where that is exact
+    rows = sdkernels.conversion_report(model)   # one dict per drop-path site
+    print(sdkernels.conversion_report(model, summary=True))
+    sdkernels.unconvert(model)                  # the original forwards and modules again
+
+What it does, per module of the model:
+
+* a block of a known family (timm ViT ``Block``, ``EvaBlock``, ConvNeXt, Swin v1/v2, the
+  EfficientNet blocks, ResNet ``BasicBlock``/``Bottleneck``; torchvision ``CNBlock``, Swin,
+  ``MBConv``/``FusedMBConv``: see the family files of this package) gets a replacement ``forward``
+  on the instance (the class is untouched) in which drop path and the residual add are one fused
+  ``sdkernels.drop_path_add`` (``how = "fused"``), or, with ``skip=True`` and a branch that acts on each
+  sample alone, ``sdkernels.drop_path_residual`` (``how = "skip"``);
+* every other timm ``DropPath`` / torchvision ``StochasticDepth`` is swapped for
+  ``sdkernels.nn.DropPath`` / ``sdkernels.nn.StochasticDepth`` (``how = "module"``).
+
+Exactness: under one seed a converted model (``skip=False``) keeps the samples the original keeps
+(same draws, same order) and gives its outputs (fp32 forward bitwise: the fused kernel rounds
+``(branch * gamma) * scale`` and the add as eager does) and its gradients to rounding. In eval mode,
+or where every rate is 0, the original ``forward`` runs: bitwise the original. ``state_dict`` keys and
+values are unchanged (the patched forwards use the blocks' own parameters: LayerScale ``gamma``, norms).
+Converted models deep-copy (timm's model EMA), pickle whole (``torch.save``/``torch.load``), train
+under ``torch.utils.checkpoint`` and timm's ``set_grad_checkpointing``, compile with
+``torch.compile(fullgraph=True)``, and trace with ``torch.fx`` (feature extraction): a traced graph of
+a ``skip=True`` model runs the fused form, since a traced branch cannot be re-run on a subset.
+``torch.jit.script`` raises an error that names :func:`unconvert`.
+
+``skip=True`` caveats (see :func:`sdkernels.drop_path_residual`): count ``"fixed"`` keeps exactly
+``round(n (1 - p))`` samples per call, a realised rate ``1 - k/n`` that differs from ``p`` for small
+batches (warned once when by more than 0.1); count ``"bernoulli"`` is timm's distribution and costs one
+host sync per site. A block whose branch holds BatchNorm (EfficientNet, ResNet, RegNet), whose shortcut
+is not the identity, or that gets a per-sample attention mask is fused instead. Under DDP, count
+``"fixed"`` runs every branch at every step (on k >= 1 samples); a site in mode "batch" (torchvision's
+``StochasticDepth(p, "batch")``) skips its branch for a dropped batch, leaving its parameters unused in
+that step: DDP then needs ``find_unused_parameters=True``, and every rank must be seeded alike.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .. import _fx, nn as sdk_nn
+from . import core
+from .core import Pattern, Settings, register
+
+__all__ = ["convert", "unconvert", "conversion_report", "Pattern", "register"]
+
+_FAMILIES = ("vit", "convnext", "swin", "efficientnet", "resnet")
+
+
+@functools.lru_cache(maxsize=None)
+def _load_families() -> None:
+    """Import the family files, which register their patterns (each does nothing when its library is
+    missing).  On first use, not at ``import sdkernels``: importing timm's and torchvision's models takes
+    seconds."""
+    for name in _FAMILIES:
+        importlib.import_module(f"{__name__}.{name}")
+
+class PatchedForward:
+    """The instance ``forward`` of a converted block: ``pattern.forward(block, settings, *args, **kwargs)``.
+
+    A plain object (not a closure or bound method) so that a converted model deep-copies and pickles:
+    it holds the block, the pattern's module-level function and the settings.
+    """
+
+    def __init__(self, block: nn.Module, pattern: Pattern, settings: Settings, skip_reason: Optional[str]):
+        self.block = block
+        self.pattern_cls = pattern.cls
+        self.fn = pattern.forward
+        self.settings = settings
+        self.skip_reason = skip_reason
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(self.block, self.settings, *args, **kwargs)
+
+
+class _Unscriptable:
+    """``__prepare_scriptable__`` of a converted block: torch.jit.script calls it first and gets a clear error."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+
+    def __call__(self):
+        _fx.NotScriptable.__prepare_scriptable__(self.block)
+
+
+def _patched(m: nn.Module) -> Optional[PatchedForward]:
+    f = m.__dict__.get("forward")
+    return f if isinstance(f, PatchedForward) else None
+
+
+def _swapped_original(m: nn.Module):
+    return m.__dict__.get("_sdk_original")
+
+
+def _swap_in(m: nn.Module, backend: str) -> nn.Module:
+    """The sdkernels module standing for drop-path module ``m`` (timm's or torchvision's)."""
+    if isinstance(m, core._tv_stochastic_depth_types()):
+        new = sdk_nn.StochasticDepth(m.p, m.mode, backend=backend)
+    else:
+        new = sdk_nn.DropPath(m.drop_prob, m.scale_by_keep, backend=backend)
+    new.train(m.training)
+    new.__dict__["_sdk_original"] = m  # not registered: no new state_dict keys or submodules
+    return new
+
+
+def _swap_back(new: nn.Module) -> nn.Module:
+    """The original module again, carrying the rate the sdkernels module has now (a schedule may have set it)."""
+    orig = _swapped_original(new)
+    if isinstance(new, sdk_nn.StochasticDepth):
+        orig.p, orig.mode = new.p, new.mode
+    else:
+        orig.drop_prob, orig.scale_by_keep = new.drop_prob, new.scale_by_keep
+    orig.train(new.training)
+    return orig
+
+
+def _children_by_parent(model: nn.Module):
+    for parent in model.modules():
+        for name, child in list(parent._modules.items()):
+            if child is not None:
+                yield parent, name, child
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("model is a TorchScript module; convert the Python model before scripting it")
+
+
+def convert(model: nn.Module, *, skip: bool = False, count: str = "fixed", backend: str = "auto") -> nn.Module:
+    """Make a timm or torchvision model use sdkernels' fused drop path, in place; returns ``model``.
+
+    Args:
+        model: any ``nn.Module``; its blocks of known families are patched and its other drop-path
+            modules swapped (see the module docstring).  Works before or after ``.to(device)`` and
+            ``.train()``/``.eval()``, and before ``torch.compile``.
+        skip: run the branches on the kept samples only where that is exact (no BatchNorm in the
+            branch, identity shortcut); the others are fused, and :func:`conversion_report` says why.
+        count: the skip path's count, "fixed" or "bernoulli" (:func:`sdkernels.drop_path_residual`).
+        backend: the sdkernels backend ("auto", "reference", "cpu", "cuda", "triton").
+
+    Idempotent: a second call with the same arguments changes nothing; with other arguments the model
+    is re-converted to them.  :func:`unconvert` undoes it.
+    """
+    _check_model(model)
+    core.validate(skip, count, backend)
+    _load_families()
+    covered = set()  # ids of drop-path modules read by a patched block's forward
+    why_not: Dict[int, str] = {}  # drop-path module id -> why its block was not patched
+    for m in model.modules():
+        pat, reason = core.pattern_for(m)
+        if pat is None:
+            if reason is not None:
+                for sub in m.children():
+                    why_not.setdefault(id(sub), f"{core.qualname(type(m))} not fused: {reason}")
+            continue
+        if not any(core.is_drop_path_module(getattr(m, n, None)) for n in pat.drop_paths):
+            continue  # no drop path here (timm builds nn.Identity or None at rate 0): nothing to fuse
+        no_skip = pat.no_skip(m) if (skip and pat.no_skip) else None
+        settings = Settings(skip=skip and no_skip is None, count=count, backend=backend)
+        current = _patched(m)
+        if current is None or current.settings != settings or current.fn is not pat.forward:
+            m.forward = PatchedForward(m, pat, settings, no_skip)
+            m.__dict__["__prepare_scriptable__"] = _Unscriptable(m)
+        for name in pat.drop_paths:
+            covered.add(id(getattr(m, name, None)))
+    for parent, name, child in _children_by_parent(model):
+        if id(child) in covered:
+            continue
+        if _swapped_original(child) is not None:
+            child.backend = backend
+            continue
+        if isinstance(child, core.foreign_drop_path_types()):
+            new = _swap_in(child, backend)
+            if id(child) in why_not:
+                new.__dict__["_sdk_reason"] = why_not[id(child)]
+            parent._modules[name] = new
+    return model
+
+
+def unconvert(model: nn.Module) -> nn.Module:
+    """Undo :func:`convert` in place (the original ``forward`` of every block, the original drop-path
+    modules, carrying their current rates); returns ``model``.  A model never converted is unchanged."""
+    _check_model(model)
+    for m in model.modules():
+        if _patched(m) is not None:
+            del m.__dict__["forward"]
+            m.__dict__.pop("__prepare_scriptable__", None)
+    for parent, name, child in list(_children_by_parent(model)):
+        if _swapped_original(child) is not None:
+            parent._modules[name] = _swap_back(child)
+    return model
+
+
+def _rates_p(rates):
+    ps = sorted({0.0 if r is None else r.p for r in rates})
+    return ps[0] if len(ps) == 1 else tuple(ps)
+
+
+def conversion_report(model: nn.Module, summary: bool = False):
+    """What :func:`convert` made of ``model``: one dict per module that holds a drop path.
+
+    Keys: ``path`` (the ``named_modules`` name), ``cls`` (qualified class name), ``how`` (``"fused"``,
+    ``"skip"``, ``"module"`` or ``"eager"``), ``p`` (the rate, a tuple when a block's sites differ), and
+    ``reason`` (why not fused or skipped; "" when nothing is left out).  A patched block is one row
+    (its drop-path modules are not listed again).  With ``summary=True`` returns a string instead: one
+    line per (class, how) with the count and the range of p.
+    """
+    _check_model(model)
+    _load_families()
+    rows: List[dict] = []
+    covered = set()
+    for path, m in model.named_modules():
+        f = _patched(m)
+        if f is None:
+            continue
+        pat = core._PATTERNS[f.pattern_cls]
+        rates = [core.rate_of(getattr(m, n, None)) for n in pat.drop_paths]
+        covered.update(id(getattr(m, n, None)) for n in pat.drop_paths)
+        rows.append(dict(path=path, cls=core.qualname(type(m)), how="skip" if f.settings.skip else "fused",
+                         p=_rates_p(rates), reason=f.skip_reason or ""))
+    for path, m in model.named_modules():
+        if id(m) in covered or not core.is_drop_path_module(m):
+            continue
+        r = core.rate_of(m)
+        if _swapped_original(m) is not None or isinstance(m, (sdk_nn.DropPath, sdk_nn.StochasticDepth)):
+            how, reason = "module", m.__dict__.get("_sdk_reason", "no block pattern: the drop path alone is fused")
+        else:
+            how, reason = "eager", "not converted: call sdkernels.convert(model)"
+        rows.append(dict(path=path, cls=core.qualname(type(m)), how=how, p=r.p, reason=reason))
+    if not summary:
+        return rows
+    return _summary(rows)
+
+
+def _summary(rows) -> str:
+    groups: Dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["cls"], r["how"], r["reason"]), []).append(r)
+    lines = []
+    for (cls, how, reason), rs in groups.items():
+        ps = [p for r in rs for p in (r["p"] if isinstance(r["p"], tuple) else (r["p"],))]
+        line = f"{cls}: {len(rs)} {how}, p {min(ps):.3g}-{max(ps):.3g}"
+        lines.append(line + (f" ({reason})" if reason else ""))
+    return "\n".join(lines) if lines else "no drop-path sites"

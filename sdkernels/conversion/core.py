@@ -1,0 +1,243 @@
+"""The machinery of :func:`sdkernels.convert`: block patterns, drop-path rates, residual sites.
+
+A *pattern* says how one block class of timm or torchvision meets its drop path
+and its residual add, and gives a replacement ``forward`` that does the same with
+sdkernels' fused op (or the skip path).  The family files of this package
+(``vit.py``, ``convnext.py`` ...) each register the patterns of one model family;
+nothing here knows a model.
+
+Rules every pattern follows (so that a converted model is exact):
+
+* The replacement forward reads the block's own drop-path modules (rate,
+  ``scale_by_keep``, mode, train flag) at every call: a drop-rate schedule that
+  changes ``drop_prob`` during training is followed.
+* When no site of the block is active (eval mode, or every rate 0) it calls the
+  class's original ``forward``: bitwise the original.
+* Active sites call :func:`residual_site`: the branch is computed where the
+  original computes it, then ``sdkernels.drop_path_add`` draws (the original's draw
+  order), so under one seed the same samples are kept.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .. import _fx, functional, nn as sdk_nn
+from ..skip import COUNTS, drop_path_residual
+
+__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "residual_site", "has_batchnorm"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``convert`` was asked for, as one block sees it (``skip``: this block may skip)."""
+
+    skip: bool
+    count: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A drop-path module as the original forward would use it."""
+
+    p: float
+    scale_by_keep: bool
+    mode: str
+    training: bool
+
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """How one block class meets drop path and its residual add.
+
+    * ``cls``: the exact class (``Block``, ``Bottleneck``, ``MBConv`` exist in several files);
+    * ``forward``: ``forward(block, settings, *args, **kwargs)``, the replacement (a module-level
+      function: it is pickled by name with a converted model);
+    * ``params``: the parameter names of ``cls.forward`` the replacement was written for;
+    * ``drop_paths``: the attribute names holding the block's drop-path modules;
+    * ``check``: ``check(block) -> reason or None``: why this instance cannot be patched;
+    * ``no_skip``: ``no_skip(block) -> reason or None``: why its branches must see every sample.
+    """
+
+    cls: type
+    forward: Callable
+    params: Tuple[str, ...]
+    drop_paths: Tuple[str, ...]
+    check: Optional[Callable[[nn.Module], Optional[str]]] = None
+    no_skip: Optional[Callable[[nn.Module], Optional[str]]] = None
+
+    @property
+    def name(self) -> str:
+        return qualname(self.cls)
+
+    def signature_mismatch(self) -> Optional[str]:
+        """Why the installed class's ``forward`` is not the one this pattern was written for (None: it is)."""
+        got = tuple(inspect.signature(self.cls.forward).parameters)
+        if got != self.params:
+            return (f"{self.name}.forward takes ({', '.join(got)}), the pattern was written for "
+                    f"({', '.join(self.params)})")
+        return None
+
+
+_PATTERNS: Dict[type, Pattern] = {}
+
+
+def qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register(pattern: Pattern) -> Pattern:
+    """Add a block pattern (keyed by its exact class; a later one replaces an earlier one)."""
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"register takes a Pattern, got {type(pattern).__name__}")
+    _PATTERNS[pattern.cls] = pattern
+    return pattern
+
+
+def pattern_for(module: nn.Module) -> Tuple[Optional[Pattern], Optional[str]]:
+    """``(pattern, None)`` when ``module`` can be patched, ``(None, reason)`` when a pattern's class is
+    among its bases but it cannot, ``(None, None)`` when no pattern knows it."""
+    cls = type(module)
+    for base in cls.__mro__:
+        pat = _PATTERNS.get(base)
+        if pat is None:
+            continue
+        if cls.forward is not base.forward:
+            return None, f"{qualname(cls)} overrides {pat.name}.forward"
+        why = pat.signature_mismatch() or (pat.check(module) if pat.check else None)
+        return (None, why) if why else (pat, None)
+    return None, None
+
+
+# ---- drop-path modules ---------------------------------------------------------------------------
+
+_TYPES: Dict[str, tuple] = {}  # filled once; a plain dict, which torch.compile reads without a warning
+
+
+def _imported(key: str, loader) -> tuple:
+    types = _TYPES.get(key)
+    if types is None:
+        try:
+            types = (loader(),)
+        except Exception:  # noqa: BLE001 - the library is missing or broken: nothing of it to convert
+            types = ()
+        _TYPES[key] = types
+    return types
+
+
+def _timm_drop_path_types() -> tuple:
+    def load():
+        from timm.layers import DropPath as TimmDropPath
+        return TimmDropPath
+
+    return _imported("timm", load)
+
+
+def _tv_stochastic_depth_types() -> tuple:
+    def load():
+        from torchvision.ops import StochasticDepth as TvStochasticDepth
+        return TvStochasticDepth
+
+    return _imported("torchvision", load)
+
+
+def foreign_drop_path_types() -> tuple:
+    """The drop-path module classes of timm and torchvision installed here."""
+    return _timm_drop_path_types() + _tv_stochastic_depth_types()
+
+
+def is_drop_path_module(m) -> bool:
+    """A drop-path module sdkernels understands: timm's, torchvision's or its own."""
+    return isinstance(m, (sdk_nn.DropPath, sdk_nn.StochasticDepth) + foreign_drop_path_types())
+
+
+def rate_of(m) -> Optional[Rate]:
+    """The rate of a block's drop-path attribute: None for ``None`` / ``nn.Identity`` (timm at rate 0)."""
+    if m is None or isinstance(m, nn.Identity):
+        return None
+    if isinstance(m, (sdk_nn.StochasticDepth,) + _tv_stochastic_depth_types()):
+        return Rate(float(m.p), True, m.mode, m.training)
+    if isinstance(m, (sdk_nn.DropPath,) + _timm_drop_path_types()):
+        return Rate(float(m.drop_prob), bool(m.scale_by_keep), "row", m.training)
+    raise TypeError(f"not a drop-path module: {type(m).__name__}")
+
+
+def check_drop_paths(block: nn.Module, names) -> Optional[str]:
+    """Why the drop-path attributes ``names`` of ``block`` are not ones a pattern can read (None: they are)."""
+    for name in names:
+        m = getattr(block, name, None)
+        if m is None or isinstance(m, nn.Identity) or is_drop_path_module(m):
+            continue
+        return f"{name} is a {qualname(type(m))}, not a drop-path module sdkernels knows"
+    return None
+
+
+def any_active(*rates: Optional[Rate]) -> bool:
+    return any(r is not None and r.active for r in rates)
+
+
+def has_batchnorm(*modules: Optional[nn.Module]) -> Optional[str]:
+    """'BatchNorm in the branch' when any of ``modules`` holds a BatchNorm (it mixes samples in training)."""
+    for mod in modules:
+        if mod is None:
+            continue
+        for sub in mod.modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                return (f"BatchNorm in the branch ({type(sub).__name__}): in training it normalises over the "
+                        "batch, so a branch run on the kept samples only would differ")
+    return None
+
+
+# ---- the residual sites --------------------------------------------------------------------------
+
+def _with_gamma(branch_out: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
+    return branch_out if gamma is None else branch_out * gamma
+
+
+def residual_site(
+    settings: Settings,
+    x: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    rate: Optional[Rate],
+    *,
+    gamma: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    skip: bool = True,
+) -> torch.Tensor:
+    """``residual + drop_path(branch(x) * gamma)`` as the original block computes it, with sdkernels.
+
+    ``residual`` defaults to ``x`` (a block whose shortcut is not ``x`` itself passes it, and cannot
+    skip).  ``gamma`` is the block's LayerScale, already shaped to broadcast against the branch as the
+    original multiplies it.  The branch is called exactly once, on every sample (fused op) or, when
+    ``skip`` and the settings allow it, on the kept samples only (``drop_path_residual``).  An inactive
+    site (no drop path, eval, rate 0) is the original expression ``residual + branch * gamma``.
+    """
+    res = x if residual is None else residual
+    if rate is None or not rate.active:
+        return res + _with_gamma(branch(x), gamma)
+    if skip and settings.skip and residual is None and not isinstance(x, _fx.Proxy):
+        fn = branch if gamma is None else (lambda t: branch(t) * gamma)
+        return drop_path_residual(x, fn, rate.p, mode=rate.mode, count=settings.count,
+                                  scale_by_keep=rate.scale_by_keep, backend=settings.backend)
+    b = _with_gamma(branch(x), gamma)
+    return functional.drop_path_add(res, b, rate.p, mode=rate.mode, scale_by_keep=rate.scale_by_keep,
+                                    backend=settings.backend)
+
+
+def validate(skip, count, backend) -> None:
+    """The argument checks of ``convert`` (ValueError / TypeError naming the argument)."""
+    if not isinstance(skip, bool):
+        raise TypeError(f"skip must be a bool, got {type(skip).__name__}")
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
+    if backend not in functional.BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {functional.BACKEND_NAMES}, got {backend!r}")
