@@ -106,7 +106,7 @@ setup(
     name="sdkernels",
     version="0.1.0",
     description="Fused stochastic depth (DropPath) kernels for PyTorch",
-    packages=["sdkernels", "sdkernels.triton_kernels"],
+    packages=["sdkernels", "sdkernels.conversion", "sdkernels.triton_kernels"],
     package_dir={"sdkernels": "sdkernels", "sdkernels.triton_kernels": "triton_kernels"},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
