@@ -3,7 +3,7 @@
 ``drop_path_add(residual, branch, p)`` computes ``residual + drop_path(branch)``
 in one pass over memory, forward and backward, on CPU (C++), CUDA and Triton.
 """
-from . import compat, nn, reference  # noqa: F401
+from . import compat, nn, reference, rng  # noqa: F401
 from .functional import available_backends, drop_path, drop_path_add, drop_path_rates
 
 __version__ = "0.1.0"
@@ -18,3 +18,9 @@ __all__ += ["drop_path_residual"]
 from .conversion import conversion_report, convert, unconvert  # noqa: E402
 
 __all__ += ["convert", "unconvert", "conversion_report"]
+
+# ---- distributed training (issue 15): DTensor sharding rules of every op built here ---------
+from . import distributed  # noqa: E402
+
+distributed.register_rules()
+__all__ += ["rng", "distributed"]

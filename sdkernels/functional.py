@@ -7,7 +7,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from . import _fx, ops, reference
+from . import _fx, ops, reference, rng
 from ._ext import has_kernel
 
 __all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend"]
@@ -147,9 +147,8 @@ def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, gene
     return sample_dim % nd
 
 
-def _draw(x: torch.Tensor, dim: int, p: float, mode: str, generator) -> torch.Tensor:
-    """The keep mask of ``x`` (the tensor timm would drop): :func:`sdkernels.reference.draw_keep`."""
-    return reference.draw_keep(x.shape[dim], p, mode, x.device, generator, reference.draw_dtype(x.dtype))
+#: The keep mask of ``x`` (the tensor timm would drop): :func:`sdkernels.rng.draw`, the one draw rule.
+_draw = rng.draw
 
 
 def drop_path_add(

@@ -55,7 +55,7 @@ from typing import Callable, Dict, FrozenSet, Optional
 import torch
 from torch import nn
 
-from . import _fx, functional, ops, reference
+from . import _fx, functional, ops, reference, rng
 from ._ext import HAS_EXT, has_kernel
 
 __all__ = [
@@ -482,13 +482,6 @@ def _call_branch(fn, xs: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _batch_kept(p: float, generator: Optional[torch.Generator]) -> bool:
-    # One host-side draw (the default CPU generator when generator is None).
-    device = generator.device if generator is not None else torch.device("cpu")
-    keep = reference.draw_keep(1, p, "batch", device, generator)
-    return bool(keep.item() != 0.0)
-
-
 def drop_path_residual(
     x: torch.Tensor,
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -601,7 +594,7 @@ def drop_path_residual(
     if not training or p == 0.0:
         return x + _call_branch(fn, x)
     if mode == "batch":
-        if not _batch_kept(p, generator):
+        if not rng.batch_decision(p, generator, like=x):
             return x
         y = _call_branch(fn, x)
         scale = torch.ones(1, dtype=torch.float32, device=x.device)
@@ -612,13 +605,16 @@ def drop_path_residual(
         if k == 0:
             return x
         _warn_realised_rate(n, p, k)
-        index = torch.randperm(n, device=x.device, generator=generator)[:k]
+        index = rng.fixed_subset(x, n, k, generator)
         alpha = n / k if scale_by_keep else 1.0
     else:
-        keep = functional._draw(x, dim, p, "row", generator)
-        index = keep.nonzero().squeeze(1)
+        keep = rng.draw(x, dim, p, "row", generator)
+        dtensor = rng.is_dtensor(keep)
+        index = (keep.to_local() if dtensor else keep).nonzero().squeeze(1)
         if index.numel() == 0:  # host sync
             return x
+        if dtensor:  # the mask is replicated and agreed on: so is its index
+            index = rng._replicated_agreed(index, keep)
         alpha = None  # 1/(1-p) as the math dtype holds it, once fn's output dtype is known
     if be.split is not None and x.requires_grad and torch.is_grad_enabled():
         residual, xs = be.split.apply(x, index, dim)
