@@ -29,7 +29,8 @@ from torch import nn
 from .. import _fx, functional, nn as sdk_nn
 from ..skip import COUNTS, drop_path_residual
 
-__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "residual_site", "has_batchnorm"]
+__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "residual_site", "has_batchnorm",
+           "run_sequence"]
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,13 @@ def residual_site(
     b = _with_gamma(branch(x), gamma)
     return functional.drop_path_add(res, b, rate.p, mode=rate.mode, scale_by_keep=rate.scale_by_keep,
                                     backend=settings.backend)
+
+
+def run_sequence(block: nn.Module, x: torch.Tensor, names) -> torch.Tensor:
+    """``x`` through the block's submodules ``names`` in order (a branch that is a plain chain of them)."""
+    for name in names:
+        x = getattr(block, name)(x)
+    return x
 
 
 def validate(skip, count, backend) -> None:

@@ -19,68 +19,42 @@ from __future__ import annotations
 
 import torch
 
-from .core import Pattern, check_drop_paths, has_batchnorm, rate_of, register, residual_site
+from .core import Pattern, check_drop_paths, has_batchnorm, rate_of, register, residual_site, run_sequence
 
 
-def _s2d(block, x):
+# The submodules each branch chains, in the order of timm's forward (after conv_s2d/bn_s2d when present).
+_INVERTED_RESIDUAL = ("conv_pw", "bn1", "conv_dw", "bn2", "aa", "se", "conv_pwl", "bn3")
+_DEPTHWISE_SEPARABLE = ("conv_dw", "bn1", "aa", "se", "conv_pw", "bn2")
+_EDGE_RESIDUAL = ("conv_exp", "bn1", "aa", "se", "conv_pwl", "bn2")
+
+
+def _branch(block, x, names):
     if getattr(block, "conv_s2d", None) is not None:
-        x = block.conv_s2d(x)
-        x = block.bn_s2d(x)
-    return x
-
-
-def _inverted_residual(block, x):
-    x = _s2d(block, x)
-    x = block.conv_pw(x)
-    x = block.bn1(x)
-    x = block.conv_dw(x)
-    x = block.bn2(x)
-    x = block.aa(x)
-    x = block.se(x)
-    x = block.conv_pwl(x)
-    return block.bn3(x)
-
-
-def _depthwise_separable(block, x):
-    x = _s2d(block, x)
-    x = block.conv_dw(x)
-    x = block.bn1(x)
-    x = block.aa(x)
-    x = block.se(x)
-    x = block.conv_pw(x)
-    return block.bn2(x)
-
-
-def _edge_residual(block, x):
-    x = block.conv_exp(x)
-    x = block.bn1(x)
-    x = block.aa(x)
-    x = block.se(x)
-    x = block.conv_pwl(x)
-    return block.bn2(x)
+        x = block.bn_s2d(block.conv_s2d(x))
+    return run_sequence(block, x, names)
 
 
 def _timm_forward(block, settings, x: torch.Tensor, branch) -> torch.Tensor:
     r = rate_of(block.drop_path)
     if not block.has_skip or r is None or not r.active:
         return type(block).forward(block, x)
-    out = branch(block, x)
+    out = _branch(block, x, branch)
     return residual_site(settings, x, lambda _: out, r, residual=x)
 
 
 def timm_inverted_residual_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
     """timm ``InvertedResidual.forward`` with drop path and the residual add fused."""
-    return _timm_forward(block, settings, x, _inverted_residual)
+    return _timm_forward(block, settings, x, _INVERTED_RESIDUAL)
 
 
 def timm_depthwise_separable_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
     """timm ``DepthwiseSeparableConv.forward`` with drop path and the residual add fused."""
-    return _timm_forward(block, settings, x, _depthwise_separable)
+    return _timm_forward(block, settings, x, _DEPTHWISE_SEPARABLE)
 
 
 def timm_edge_residual_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
     """timm ``EdgeResidual.forward`` with drop path and the residual add fused."""
-    return _timm_forward(block, settings, x, _edge_residual)
+    return _timm_forward(block, settings, x, _EDGE_RESIDUAL)
 
 
 def tv_mbconv_forward(block, settings, input: torch.Tensor) -> torch.Tensor:

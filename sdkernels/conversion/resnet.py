@@ -18,37 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from .core import Pattern, check_drop_paths, has_batchnorm, rate_of, register, residual_site
+from .core import Pattern, check_drop_paths, has_batchnorm, rate_of, register, residual_site, run_sequence
 
 
-def _basic(block, x):
-    x = block.conv1(x)
-    x = block.bn1(x)
-    x = block.drop_block(x)
-    x = block.act1(x)
-    x = block.aa(x)
-    x = block.conv2(x)
-    return block.bn2(x)
-
-
-def _bottleneck(block, x):
-    x = block.conv1(x)
-    x = block.bn1(x)
-    x = block.act1(x)
-    x = block.conv2(x)
-    x = block.bn2(x)
-    x = block.drop_block(x)
-    x = block.act2(x)
-    x = block.aa(x)
-    x = block.conv3(x)
-    return block.bn3(x)
+# The submodules each branch chains, in the order of timm's forward (se, when present, after them).
+_BASIC_CHAIN = ("conv1", "bn1", "drop_block", "act1", "aa", "conv2", "bn2")
+_BOTTLENECK_CHAIN = ("conv1", "bn1", "act1", "conv2", "bn2", "drop_block", "act2", "aa", "conv3", "bn3")
 
 
 def _forward(block, settings, x: torch.Tensor, branch, act) -> torch.Tensor:
     r = rate_of(block.drop_path)
     if r is None or not r.active:
         return type(block).forward(block, x)
-    out = branch(block, x)
+    out = run_sequence(block, x, branch)
     if block.se is not None:
         out = block.se(out)
     shortcut = x if block.downsample is None else block.downsample(x)
@@ -57,12 +39,12 @@ def _forward(block, settings, x: torch.Tensor, branch, act) -> torch.Tensor:
 
 def timm_basic_block_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
     """timm ``BasicBlock.forward`` with drop path and the residual add fused."""
-    return _forward(block, settings, x, _basic, block.act2)
+    return _forward(block, settings, x, _BASIC_CHAIN, block.act2)
 
 
 def timm_bottleneck_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
     """timm ``Bottleneck.forward`` with drop path and the residual add fused."""
-    return _forward(block, settings, x, _bottleneck, block.act3)
+    return _forward(block, settings, x, _BOTTLENECK_CHAIN, block.act3)
 
 
 try:
