@@ -185,43 +185,105 @@ SDK_HD_INLINE GridPlan plan_grid(const VecPlan& v, int64_t nblocks, int64_t nthr
   return g;
 }
 
+// A second cursor for the LayerScale kernels (csrc/cuda/layer_scale.cu): the
+// channel c = (offset / K) % C of the current position, K being the channel
+// dim's stride (K = numel, C = 1 when there is one channel), advanced with
+// the same adds and compares as the sample cursor.
+struct ChannelGrid {
+  int64_t K;
+  int64_t C;
+  CursorStep vec_step;     // as GridPlan's, for (K, C)
+  CursorStep scalar_step;
+};
+
+SDK_HD_INLINE ChannelGrid plan_channels(const GridPlan& g, int64_t K, int64_t C) {
+  ChannelGrid c;
+  c.K = K < 1 ? 1 : K;
+  c.C = C < 1 ? 1 : C;
+  const int64_t total = g.nblocks * g.nthreads;
+  c.vec_step = make_step(total * g.v.vec, c.K, c.C);
+  c.scalar_step = make_step(total, c.K, c.C);
+  return c;
+}
+
 // The grid-stride loop of thread `thread` of block `block`.  Calls
 //   vec_fn(offset, s)   for each whole vector [offset, offset + vec) of sample s,
 //   elem_fn(offset, s)  for each element done alone (straddling vectors, tail),
 // visiting, over all threads of the grid, every element of [0, numel) once.
+// With kChannel (visit_thread_ch) both also get the channel cursor of
+// `offset` (its .s is the channel; step it along a vector with cursor_next).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <bool kChannel, typename VecFn, typename ElemFn>
+SDK_HD_INLINE void visit_thread_impl(const GridPlan& g, const ChannelGrid& ch, int64_t block,
+                                     int64_t thread, VecFn&& vec_fn, ElemFn&& elem_fn) {
+  const VecPlan& p = g.v;
+  const int64_t tid = block * g.nthreads + thread;
+  const int64_t total = g.nblocks * g.nthreads;
+  if (tid < p.nvec) {
+    RowCursor c = cursor_at(tid * p.vec, p.inner, p.n);
+    RowCursor cc{0, 0};
+    if constexpr (kChannel) cc = cursor_at(tid * p.vec, ch.K, ch.C);
+    for (int64_t w = tid; w < p.nvec; w += total) {
+      const int64_t off = w * p.vec;
+      if (vector_in_row(p, c)) {
+        if constexpr (kChannel) {
+          vec_fn(off, c.s, cc);
+        } else {
+          vec_fn(off, c.s);
+        }
+      } else {
+        RowCursor e = c;
+        RowCursor ec = cc;
+        for (int64_t j = 0; j < p.vec; ++j) {
+          if constexpr (kChannel) {
+            elem_fn(off + j, e.s, ec);
+            cursor_next(ec, ch.K, ch.C);
+          } else {
+            elem_fn(off + j, e.s);
+          }
+          cursor_next(e, p.inner, p.n);
+        }
+      }
+      cursor_advance(c, g.vec_step, p.inner, p.n);
+      if constexpr (kChannel) cursor_advance(cc, ch.vec_step, ch.K, ch.C);
+    }
+  }
+  const int64_t first = p.tail_start + tid;
+  if (first < p.numel) {
+    RowCursor c = cursor_at(first, p.inner, p.n);
+    RowCursor cc{0, 0};
+    if constexpr (kChannel) cc = cursor_at(first, ch.K, ch.C);
+    for (int64_t i = first; i < p.numel; i += total) {
+      if constexpr (kChannel) {
+        elem_fn(i, c.s, cc);
+        cursor_advance(cc, ch.scalar_step, ch.K, ch.C);
+      } else {
+        elem_fn(i, c.s);
+      }
+      cursor_advance(c, g.scalar_step, p.inner, p.n);
+    }
+  }
+}
+
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
 template <typename VecFn, typename ElemFn>
 SDK_HD_INLINE void visit_thread(const GridPlan& g, int64_t block, int64_t thread, VecFn&& vec_fn,
                                 ElemFn&& elem_fn) {
-  const VecPlan& p = g.v;
-  const int64_t tid = block * g.nthreads + thread;
-  const int64_t total = g.nblocks * g.nthreads;
-  if (tid < p.nvec) {
-    RowCursor c = cursor_at(tid * p.vec, p.inner, p.n);
-    for (int64_t w = tid; w < p.nvec; w += total) {
-      const int64_t off = w * p.vec;
-      if (vector_in_row(p, c)) {
-        vec_fn(off, c.s);
-      } else {
-        RowCursor e = c;
-        for (int64_t j = 0; j < p.vec; ++j) {
-          elem_fn(off + j, e.s);
-          cursor_next(e, p.inner, p.n);
-        }
-      }
-      cursor_advance(c, g.vec_step, p.inner, p.n);
-    }
-  }
-  const int64_t first = p.tail_start + tid;
-  if (first < p.numel) {
-    RowCursor c = cursor_at(first, p.inner, p.n);
-    for (int64_t i = first; i < p.numel; i += total) {
-      elem_fn(i, c.s);
-      cursor_advance(c, g.scalar_step, p.inner, p.n);
-    }
-  }
+  const ChannelGrid none{1, 1, {0, 0}, {0, 0}};
+  visit_thread_impl<false>(g, none, block, thread, vec_fn, elem_fn);
+}
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename VecFn, typename ElemFn>
+SDK_HD_INLINE void visit_thread_ch(const GridPlan& g, const ChannelGrid& ch, int64_t block,
+                                   int64_t thread, VecFn&& vec_fn, ElemFn&& elem_fn) {
+  visit_thread_impl<true>(g, ch, block, thread, vec_fn, elem_fn);
 }
 
 }  // namespace index
