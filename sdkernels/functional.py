@@ -1,6 +1,7 @@
 """Argument checks, random draws and backend choice for the public functions."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Optional, Tuple
@@ -10,7 +11,8 @@ import torch
 from . import _fx, ops, reference, rng
 from ._ext import has_kernel
 
-__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend"]
+__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend",
+           "register_layer_scale_ops"]
 
 MODES = ("row", "batch")
 FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
@@ -24,6 +26,10 @@ class Backend:
     ``residual_add(residual, branch, scale, sample_dim, alpha)`` and
     ``sample_scale(x, scale, sample_dim, alpha, dtype)`` follow the op schemas;
     ``devices`` are the tensor device types it accepts (None: any).
+    ``residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim, alpha)``
+    and ``sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, alpha, dtype)``
+    are its LayerScale ops (issue 13; :func:`register_layer_scale_ops`), None
+    until registered.
     """
 
     name: str
@@ -31,6 +37,8 @@ class Backend:
     sample_scale: Callable
     devices: Optional[FrozenSet[str]]
     available: bool
+    residual_add_ls: Optional[Callable] = None
+    sample_scale_ls: Optional[Callable] = None
 
 
 _BACKENDS: Dict[str, Backend] = {}
@@ -40,7 +48,17 @@ def register_backend(name: str, residual_add: Callable, sample_scale: Callable, 
     """Add (or replace) a backend; used by the compiled and Triton backends."""
     if name not in BACKEND_NAMES or name == "auto":
         raise ValueError(f"unknown backend name {name!r}")
-    _BACKENDS[name] = Backend(name, residual_add, sample_scale, None if devices is None else frozenset(devices), bool(available))
+    old = _BACKENDS.get(name)
+    _BACKENDS[name] = Backend(name, residual_add, sample_scale, None if devices is None else frozenset(devices),
+                              bool(available), *((old.residual_add_ls, old.sample_scale_ls) if old else ()))
+
+
+def register_layer_scale_ops(name: str, residual_add_ls: Callable, sample_scale_ls: Callable) -> None:
+    """Give the registered backend ``name`` its LayerScale ops (schemas of ``scaled_residual_add_ls`` / ``sample_scale_ls``)."""
+    if name not in _BACKENDS:
+        raise ValueError(f"backend {name!r} is not registered")
+    _BACKENDS[name] = dataclasses.replace(_BACKENDS[name], residual_add_ls=residual_add_ls,
+                                          sample_scale_ls=sample_scale_ls)
 
 
 register_backend("reference", reference.scaled_residual_add, reference.sample_scale, None, True)
@@ -50,6 +68,14 @@ if _HAS_CPU:
     register_backend("cpu", ops.scaled_residual_add, ops.sample_scale, {"cpu"}, True)
 if _HAS_CUDA:
     register_backend("cuda", ops.scaled_residual_add, ops.sample_scale, {"cuda"}, True)
+
+
+# ---- LayerScale ops of the built-in backends (issue 13) ---------------------
+register_layer_scale_ops("reference", reference.scaled_residual_add_ls, reference.sample_scale_ls)
+if _HAS_CPU and has_kernel("scaled_residual_add_ls", "CPU"):
+    register_layer_scale_ops("cpu", ops.scaled_residual_add_ls, ops.sample_scale_ls)
+if _HAS_CUDA and has_kernel("scaled_residual_add_ls", "CUDA"):
+    register_layer_scale_ops("cuda", ops.scaled_residual_add_ls, ops.sample_scale_ls)
 
 
 def available_in(table) -> Tuple[str, ...]:
@@ -151,6 +177,51 @@ def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, gene
 _draw = rng.draw
 
 
+def _check_layer_scale(layer_scale, x: torch.Tensor, channel_dim, sample_dim: int):
+    """Validate ``layer_scale`` against ``x`` (the branch); returns ``(gamma, channel_dim)``.
+
+    ``gamma`` is ``layer_scale`` as a 1-D view of its ``C`` values and
+    ``channel_dim`` is wrapped to [0, ndim).  ``layer_scale`` may be 1-D with
+    ``C = x.shape[channel_dim]`` values, or any shape that broadcasts to ``x``
+    along ``channel_dim`` only (torchvision's ``(C, 1, 1)`` with ``channel_dim=1``).
+    """
+    if not isinstance(layer_scale, torch.Tensor):
+        raise TypeError(f"layer_scale must be a torch.Tensor or None, got {type(layer_scale).__name__}")
+    if layer_scale.dtype not in FLOAT_DTYPES:
+        raise TypeError("layer_scale must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                        f"got {layer_scale.dtype}")
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+        raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
+    nd = x.dim()
+    if not -nd <= channel_dim < nd:
+        raise IndexError(f"channel_dim {channel_dim} is out of range for a tensor with {nd} dims")
+    cd = channel_dim % nd
+    if cd == sample_dim:
+        raise ValueError(f"channel_dim ({channel_dim}) must differ from sample_dim ({sample_dim}): "
+                         "LayerScale scales channels, drop path drops samples")
+    C = x.shape[cd]
+    gs = tuple(layer_scale.shape)
+    if layer_scale.dim() == 1:
+        ok = gs[0] == C
+    else:
+        lead = nd - layer_scale.dim()  # right-aligned broadcasting
+        ok = 1 <= layer_scale.dim() <= nd and lead <= cd and all(
+            size == (C if lead + k == cd else 1) for k, size in enumerate(gs))
+    if not ok:
+        raise ValueError(
+            f"layer_scale must hold one value per channel: a 1-D tensor of {C} values (x.shape[{channel_dim}]) or a "
+            f"shape broadcasting to {tuple(x.shape)} along channel_dim {channel_dim} only, got shape {gs}")
+    if layer_scale.device != x.device:
+        raise ValueError(f"layer_scale is on {layer_scale.device} but the tensors are on {x.device}")
+    return layer_scale.reshape(-1), cd
+
+
+def _ls_backend(be: Backend) -> Backend:
+    if be.residual_add_ls is None or be.sample_scale_ls is None:
+        raise ValueError(f"backend {be.name!r} has no LayerScale ops (layer_scale=...)")
+    return be
+
+
 def drop_path_add(
     residual: torch.Tensor,
     branch: torch.Tensor,
@@ -162,6 +233,8 @@ def drop_path_add(
     sample_dim: int = 0,
     generator: Optional[torch.Generator] = None,
     backend: str = "auto",
+    layer_scale: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
 ) -> torch.Tensor:
     """Fused stochastic depth and residual add: ``residual + drop_path(branch)`` in one pass.
 
@@ -189,16 +262,44 @@ def drop_path_add(
             (an error with ``fullgraph=True``); pass ``None`` and seed torch instead.
         backend: "auto" (the compiled kernel for the tensor's device, else the
             reference), "reference", "cpu", "cuda" or "triton".
+        layer_scale: None, or a per-channel LayerScale ``gamma`` applied to the
+            branch before drop path, fused into the same pass (see below).
+        channel_dim: the dim ``layer_scale`` scales (default -1: tokens
+            ``[B, N, C]``; 1 for NCHW, contiguous or channels_last).  Must differ
+            from ``sample_dim``.  Ignored without ``layer_scale``.
 
     The backward saves only the per-sample scale: ``grad_residual`` is
     ``grad_out`` itself and ``grad_branch`` is ``grad_out / (1 - p)`` on kept
     samples, zeros on dropped ones.
+
+    LayerScale (``x + drop_path(ls(branch))`` of DeiT III, CaiT, EVA, BEiT,
+    DINOv2, ConvNeXt): ``layer_scale`` is a 1-D tensor of ``C =
+    branch.shape[channel_dim]`` values (timm's ``ls1.gamma``), or any shape that
+    broadcasts to the branch along ``channel_dim`` only (torchvision's ``(C, 1,
+    1)`` ``layer_scale`` with ``channel_dim=1``), of any floating dtype (an fp32
+    gamma under bf16 autocast is fine).  Per kept sample ``s`` and channel ``c``::
+
+        out = residual + (branch * gamma[c]) * (1 / (1 - p))   (each product and the add rounded once)
+
+    in fp32 (fp64 when any tensor is fp64), output dtype
+    ``promote_types(residual, branch, gamma)``.  The multiplier is the one
+    timm's mask holds (:func:`sdkernels.reference.keep_scale_as`) and the mask
+    is drawn in the dtype of ``branch * gamma`` as timm draws it, so with fp32
+    tensors the result is bit for bit eager timm's ``x + drop_path(ls(y))``
+    under one seed.  In eval or at ``p == 0`` the result is the eager
+    expression ``residual + branch * gamma_view`` itself (bitwise eager in every
+    dtype).  Gradients: ``grad_branch = (grad_out * gamma[c]) / (1 - p)``
+    (zeros for dropped samples) and ``grad_gamma[c]`` the sum over every other
+    dim of ``grad_out * branch / (1 - p)`` over the kept samples only (a
+    dropped sample's branch is never read, so NaN there stays out), one fused
+    pass, deterministic (no atomics).  The backward saves the per-sample scale,
+    gamma and, only when gamma requires grad, the branch.
     """
-    proxy = _fx.first_proxy(residual, branch)
+    proxy = _fx.first_proxy(residual, branch, layer_scale)
     if proxy is not None:  # torch.fx tracing: one leaf node
         return _fx.record(proxy, drop_path_add, (residual, branch, p), dict(
             training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
-            generator=generator, backend=backend))
+            generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim))
     dim = _check_common(residual, "residual", p, mode, sample_dim, backend, generator)
     if not isinstance(branch, torch.Tensor):
         raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
@@ -209,6 +310,13 @@ def drop_path_add(
     if residual.device != branch.device:
         raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
     be = pick_backend(backend, residual.device, residual.numel())
+    if layer_scale is not None:
+        gamma, cd = _check_layer_scale(layer_scale, branch, channel_dim, dim)
+        if not training or p == 0.0:
+            return residual + branch * reference.layer_scale_view(gamma, branch.dim(), cd)
+        keep = _draw(branch, dim, p, mode, generator, torch.promote_types(branch.dtype, gamma.dtype))
+        alpha = reference.keep_scale_as(p, scale_by_keep, reference.acc_dtype(residual.dtype, branch.dtype, gamma.dtype))
+        return _ls_backend(be).residual_add_ls(residual, branch, keep, gamma, dim, cd, alpha)
     if not training or p == 0.0:
         return residual + branch
     keep = _draw(branch, dim, p, mode, generator)
@@ -226,19 +334,33 @@ def drop_path(
     sample_dim: int = 0,
     generator: Optional[torch.Generator] = None,
     backend: str = "auto",
+    layer_scale: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
 ) -> torch.Tensor:
     """Stochastic depth without the residual add (timm's ``drop_path``), one fused pass.
 
     Returns ``x / (1 - p)`` for kept samples and zeros for dropped ones (their
     values are never read).  With ``training=False`` or ``p == 0`` returns
     ``x`` itself.  Arguments as in :func:`drop_path_add`.
+
+    With ``layer_scale``: ``drop_path(x * gamma_view)`` fused, ``(x * gamma[c]) /
+    (1 - p)`` for kept samples, in ``promote_types(x, gamma)``; in eval or at
+    ``p == 0`` it returns ``x * gamma_view`` (the eager expression), not ``x``.
     """
-    if isinstance(x, _fx.Proxy):  # torch.fx tracing: one leaf node
-        return _fx.record(x, drop_path, (x, p), dict(
+    proxy = _fx.first_proxy(x, layer_scale)
+    if proxy is not None:  # torch.fx tracing: one leaf node
+        return _fx.record(proxy, drop_path, (x, p), dict(
             training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
-            generator=generator, backend=backend))
+            generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim))
     dim = _check_common(x, "x", p, mode, sample_dim, backend, generator)
     be = pick_backend(backend, x.device, x.numel())
+    if layer_scale is not None:
+        gamma, cd = _check_layer_scale(layer_scale, x, channel_dim, dim)
+        if not training or p == 0.0:
+            return x * reference.layer_scale_view(gamma, x.dim(), cd)
+        keep = _draw(x, dim, p, mode, generator, torch.promote_types(x.dtype, gamma.dtype))
+        alpha = reference.keep_scale_as(p, scale_by_keep, reference.acc_dtype(x.dtype, gamma.dtype))
+        return _ls_backend(be).sample_scale_ls(x, keep, gamma, dim, cd, alpha, None)
     if not training or p == 0.0:
         return x
     keep = _draw(x, dim, p, mode, generator)

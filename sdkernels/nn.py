@@ -1,6 +1,8 @@
 """Drop-in modules: timm's ``DropPath``, torchvision's ``StochasticDepth``, and the fused ``DropPathAdd``."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -67,10 +69,19 @@ class DropPathAdd(_NotScriptable, nn.Module):
 
     Replace ``x = x + self.drop_path(self.mlp(x))`` by
     ``x = self.drop_path_add(x, self.mlp(x))``.  See :func:`sdkernels.drop_path_add`.
+
+    LayerScale (issue 13): with ``layer_scale_dim=C`` the module owns ``gamma``,
+    an ``nn.Parameter`` of ``C`` values filled with ``init_values`` (timm's
+    ``LayerScale``), and computes ``residual + drop_path(gamma * branch)`` in the
+    same single pass (``x + drop_path(ls(y))`` of DeiT III, CaiT, EVA, ConvNeXt),
+    ``gamma`` scaling ``channel_dim`` (-1: tokens ``[B, N, C]``; 1: NCHW).
+    Without it (the default) there is no ``gamma``: the module and its
+    ``state_dict`` are as before.
     """
 
     def __init__(self, p: float = 0.0, mode: str = "row", scale_by_keep: bool = True, sample_dim: int = 0,
-                 backend: str = "auto"):
+                 backend: str = "auto", layer_scale_dim: Optional[int] = None, init_values: float = 1e-5,
+                 channel_dim: int = -1):
         super().__init__()
         F._check_module_rate_and_mode(p, mode)
         self.p = p
@@ -78,13 +89,33 @@ class DropPathAdd(_NotScriptable, nn.Module):
         self.scale_by_keep = scale_by_keep
         self.sample_dim = sample_dim
         self.backend = backend
+        self.channel_dim = channel_dim
+        if layer_scale_dim is None:
+            self.register_parameter("gamma", None)  # not in the state_dict
+        else:
+            if isinstance(layer_scale_dim, bool) or not isinstance(layer_scale_dim, int) or layer_scale_dim < 1:
+                raise ValueError(f"layer_scale_dim must be a positive int or None, got {layer_scale_dim!r}")
+            if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+                raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
+            self.init_values = init_values
+            self.gamma = nn.Parameter(torch.empty(layer_scale_dim))
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fill ``gamma`` with ``init_values`` (as timm's ``LayerScale``); nothing without LayerScale."""
+        if self.gamma is not None:
+            nn.init.constant_(self.gamma, self.init_values)
 
     def forward(self, residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         return F.drop_path_add(residual, branch, self.p, training=self.training, mode=self.mode,
-                               scale_by_keep=self.scale_by_keep, sample_dim=self.sample_dim, backend=self.backend)
+                               scale_by_keep=self.scale_by_keep, sample_dim=self.sample_dim, backend=self.backend,
+                               layer_scale=self.gamma, channel_dim=self.channel_dim)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}, sample_dim={self.sample_dim}"
+        s = f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}, sample_dim={self.sample_dim}"
+        if self.gamma is not None:
+            s += f", layer_scale_dim={self.gamma.numel()}, channel_dim={self.channel_dim}"
+        return s
 
 
 # ---- skip path (issue 5): branch run on kept samples only ------------------

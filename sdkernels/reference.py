@@ -15,8 +15,9 @@ rounded once to ``torch.promote_types(residual.dtype, branch.dtype)``.
 from __future__ import annotations
 
 import functools
+import math
 import struct
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -32,6 +33,13 @@ __all__ = [
     "timm_drop_path",
     "torchvision_stochastic_depth",
     "drop_path_rates",
+    # LayerScale (issue 13)
+    "keep_scale_as",
+    "layer_scale_view",
+    "scaled_residual_add_ls",
+    "sample_scale_ls",
+    "layer_scale_grads",
+    "timm_layer_scale_drop_path_add",
 ]
 
 
@@ -145,8 +153,16 @@ def drop_path_add(
     scale_by_keep: bool = True,
     sample_dim: int = 0,
     generator: Optional[torch.Generator] = None,
+    layer_scale: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
 ) -> torch.Tensor:
-    """Reference of :func:`sdkernels.drop_path_add` (draws, then :func:`scaled_residual_add`)."""
+    """Reference of :func:`sdkernels.drop_path_add` (draws, then :func:`scaled_residual_add`).
+
+    With ``layer_scale`` (checked by the caller): :func:`scaled_residual_add_ls`.
+    """
+    if layer_scale is not None:
+        return _drop_path_add_ls(residual, branch, p, training, mode, scale_by_keep, sample_dim, generator,
+                                 layer_scale, channel_dim)
     if not training or p == 0.0:
         return residual + branch
     dim = sample_dim % residual.dim()
@@ -164,8 +180,15 @@ def drop_path(
     scale_by_keep: bool = True,
     sample_dim: int = 0,
     generator: Optional[torch.Generator] = None,
+    layer_scale: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
 ) -> torch.Tensor:
-    """Reference of :func:`sdkernels.drop_path` (draws, then :func:`sample_scale`)."""
+    """Reference of :func:`sdkernels.drop_path` (draws, then :func:`sample_scale`).
+
+    With ``layer_scale`` (checked by the caller): :func:`sample_scale_ls`.
+    """
+    if layer_scale is not None:
+        return _drop_path_ls(x, p, training, mode, scale_by_keep, sample_dim, generator, layer_scale, channel_dim)
     if not training or p == 0.0:
         return x
     dim = sample_dim % x.dim()
@@ -213,3 +236,158 @@ def torchvision_stochastic_depth(input: torch.Tensor, p: float, mode: str, train
 def drop_path_rates(rate: float, depth: int) -> List[float]:
     """Linear decay rule: block i of ``depth`` gets ``rate * i / (depth - 1)`` (timm, Huang et al. 2016)."""
     return [x.item() for x in torch.linspace(0, rate, depth)]
+
+
+# ---------------------------------------------------------------------------
+# LayerScale (issue 13): residual + drop_path(gamma * branch)
+# ---------------------------------------------------------------------------
+#
+#     out[s] = residual[s] + (branch[s] * gamma[c]) * m[s]   kept s    m[s] = scale[s] * alpha
+#     out[s] = residual[s]                                   dropped s (branch[s] never read)
+#
+# ``c`` indexes ``channel_dim``; each multiply and the add are rounded
+# separately in the math dtype (fp32, fp64 when any tensor is fp64), the result
+# once to promote_types(residual, branch, gamma).  That is the order of eager
+# timm, ``x + drop_path(x_branch * gamma)``: with fp32 tensors and the
+# multiplier of :func:`keep_scale_as` it gives timm's bits exactly.
+
+
+def _round_f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (ties to even), for finite ``x`` in float32's normal range.
+
+    Plain float arithmetic (no struct, no tensor), so torch.compile folds it to a constant.
+    """
+    m, e = math.frexp(x)
+    return math.ldexp(round(m * 16777216.0) / 16777216.0, e)
+
+
+def keep_scale_as(p: float, scale_by_keep: bool, dtype: torch.dtype) -> float:
+    """The kept samples' multiplier for math in ``dtype``, exactly as eager timm's mask holds it.
+
+    timm divides its {0, 1} mask in place by ``keep_prob = 1 - p`` in the mask's
+    dtype.  In float64 that is ``1 / (1 - p)`` (:func:`keep_scale`); in float32 it
+    is ``fp32(1) / fp32(1 - p)`` correctly rounded, which differs from
+    ``fp32(1 / (1 - p))`` for about a quarter of the rates (p = 0.021, 0.025,
+    0.039, ..., rates a linear schedule produces; not 0.1 to 0.5).  Returned as
+    a Python float exact in ``dtype`` (float32 for anything but float64).
+    """
+    a = keep_scale(p, scale_by_keep)
+    if dtype == torch.float64 or a == 1.0:
+        return a
+    return _round_f32(1.0 / _round_f32(1.0 - p))
+
+
+def layer_scale_view(gamma: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
+    """``gamma`` (``C`` values) viewed to broadcast along ``channel_dim`` of an ``ndim``-dim tensor: [1, .., C, .., 1]."""
+    shape = [1] * ndim
+    shape[channel_dim % ndim] = gamma.numel()
+    return gamma.reshape(shape)
+
+
+def _ls_factors(scale, gamma, like, sample_dim, channel_dim, alpha, acc):
+    """(kept mask, m = scale * alpha, gamma view), each broadcasting against ``like``, in ``acc``."""
+    nd = like.dim()
+    s = _per_sample(scale, like, sample_dim % nd, scale.dtype)
+    m = s.to(acc) * torch.tensor(alpha, dtype=acc)
+    return s != 0, m, layer_scale_view(gamma.to(acc), nd, channel_dim)
+
+
+def scaled_residual_add_ls(
+    residual: torch.Tensor,
+    branch: torch.Tensor,
+    scale: torch.Tensor,
+    gamma: torch.Tensor,
+    sample_dim: int,
+    channel_dim: int,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Spec of ``torch.ops.sdkernels.scaled_residual_add_ls`` (``gamma``: the ``C`` per-channel values)."""
+    out_dtype = torch.promote_types(torch.promote_types(residual.dtype, branch.dtype), gamma.dtype)
+    acc = acc_dtype(residual.dtype, branch.dtype, gamma.dtype)
+    kept, m, g = _ls_factors(scale, gamma, residual, sample_dim, channel_dim, alpha, acc)
+    r = residual.to(acc)
+    b = torch.where(kept, branch.to(acc), torch.zeros((), dtype=acc, device=branch.device))
+    return torch.where(kept, r + (b * g) * m, r).to(out_dtype)
+
+
+def sample_scale_ls(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    gamma: torch.Tensor,
+    sample_dim: int,
+    channel_dim: int,
+    alpha: float = 1.0,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Spec of ``torch.ops.sdkernels.sample_scale_ls``: ``(x * gamma[c]) * m[s]``, exact zeros for dropped samples.
+
+    ``dtype`` defaults to ``promote_types(x, gamma)``.
+    """
+    out_dtype = torch.promote_types(x.dtype, gamma.dtype) if dtype is None else dtype
+    acc = acc_dtype(x.dtype, out_dtype, gamma.dtype)
+    kept, m, g = _ls_factors(scale, gamma, x, sample_dim, channel_dim, alpha, acc)
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    xs = torch.where(kept, x.to(acc), zero)
+    return torch.where(kept, (xs * g) * m, zero).to(out_dtype)
+
+
+def layer_scale_grads(
+    grad: torch.Tensor,
+    branch: torch.Tensor,
+    scale: torch.Tensor,
+    gamma: torch.Tensor,
+    sample_dim: int,
+    channel_dim: int,
+    alpha: float = 1.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Spec of ``torch.ops.sdkernels.layer_scale_grads``: ``(grad_branch, grad_gamma)``.
+
+    ``grad_branch = sample_scale_ls(grad, scale, gamma, ..., branch.dtype)``;
+    ``grad_gamma[c]`` = the sum over every other dim of ``(grad * m[s]) * branch``
+    (dropped samples add 0 and their branch is not used), in gamma's dtype.
+    """
+    gb = sample_scale_ls(grad, scale, gamma, sample_dim, channel_dim, alpha, branch.dtype)
+    acc = acc_dtype(grad.dtype, branch.dtype, gamma.dtype)
+    kept, m, _ = _ls_factors(scale, gamma, grad, sample_dim, channel_dim, alpha, acc)
+    zero = torch.zeros((), dtype=acc, device=grad.device)
+    t = torch.where(kept, (grad.to(acc) * m) * torch.where(kept, branch.to(acc), zero), zero)
+    cd = channel_dim % grad.dim()
+    dims = [d for d in range(grad.dim()) if d != cd]
+    gg = t.sum(dim=dims) if dims else t
+    return gb, gg.to(gamma.dtype)
+
+
+def _drop_path_add_ls(residual, branch, p, training, mode, scale_by_keep, sample_dim, generator, layer_scale,
+                      channel_dim):
+    nd = residual.dim()
+    gamma = layer_scale.reshape(-1)
+    if not training or p == 0.0:
+        return residual + branch * layer_scale_view(gamma, nd, channel_dim)
+    dim = sample_dim % nd
+    ls_dtype = torch.promote_types(branch.dtype, gamma.dtype)  # the dtype of the tensor timm drops
+    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(ls_dtype))
+    acc = acc_dtype(residual.dtype, branch.dtype, gamma.dtype)
+    return scaled_residual_add_ls(residual, branch, keep, gamma, dim, channel_dim,
+                                  keep_scale_as(p, scale_by_keep, acc))
+
+
+def _drop_path_ls(x, p, training, mode, scale_by_keep, sample_dim, generator, layer_scale, channel_dim):
+    gamma = layer_scale.reshape(-1)
+    if not training or p == 0.0:
+        return x * layer_scale_view(gamma, x.dim(), channel_dim)
+    dim = sample_dim % x.dim()
+    keep = draw_keep(x.shape[dim], p, mode, x.device, generator,
+                     draw_dtype(torch.promote_types(x.dtype, gamma.dtype)))
+    return sample_scale_ls(x, keep, gamma, dim, channel_dim,
+                           keep_scale_as(p, scale_by_keep, acc_dtype(x.dtype, gamma.dtype)))
+
+
+def timm_layer_scale_drop_path_add(residual: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, p: float,
+                                   channel_dim: int = -1, training: bool = True) -> torch.Tensor:
+    """Eager timm LayerScale, then drop path, then the add (the baseline of the LayerScale ops).
+
+    ``residual + timm_drop_path(branch * gamma_view, p)``: three kernels forward
+    (seven tensors of traffic), as timm's ``x + self.drop_path(self.ls(y))``.
+    """
+    ls = branch * layer_scale_view(gamma, branch.dim(), channel_dim)
+    return residual + timm_drop_path(ls, p, training)

@@ -413,11 +413,11 @@ def available_skip_backends():
     return functional.available_in(_SKIP_BACKENDS)
 
 
-def _core_residual_add(name: str) -> Callable:
+def _core_backend(name: str) -> functional.Backend:
     be = functional._BACKENDS.get(name)
     if be is None or not be.available:
         be = functional._BACKENDS["reference"]
-    return be.residual_add
+    return be
 
 
 # ---------------------------------------------------------------------------
@@ -494,6 +494,8 @@ def drop_path_residual(
     sample_dim: int = 0,
     generator: Optional[torch.Generator] = None,
     backend: str = "auto",
+    layer_scale: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
 ) -> torch.Tensor:
     """``x + drop_path(fn(x))`` computing ``fn`` on the kept samples only.
 
@@ -541,6 +543,12 @@ def drop_path_residual(
         backend: "auto" (the compiled kernel for x's device, else the
             reference), "reference" (``index_select`` / ``index_add`` in plain
             torch), "cpu", "cuda" or "triton".
+        layer_scale, channel_dim: LayerScale (issue 13), as in
+            :func:`sdkernels.drop_path_add`: ``x + drop_path(gamma * fn(x))``.
+            Composed, not fused: the kept samples' ``fn`` output is multiplied
+            by ``gamma`` (one pass over the k kept samples, in
+            ``promote_types(fn(x), gamma)``), then added by the fused scaled
+            index-add; in eval it is ``x + fn(x) * gamma_view``.
 
     Mode "batch": one decision for the whole batch, kept with probability
     ``1 - p``, drawn **on the host** from ``generator`` (the default CPU
@@ -576,11 +584,21 @@ def drop_path_residual(
         Tensor of x's shape, dtype ``promote_types(x.dtype, fn(x).dtype)`` (or
         ``x`` itself when nothing is kept).
     """
-    if isinstance(x, _fx.Proxy):  # torch.fx tracing: one leaf node, fn recorded as the submodule it is
-        return _fx.record(x, drop_path_residual, (x,), dict(
+    proxy = _fx.first_proxy(x, layer_scale)
+    if proxy is not None:  # torch.fx tracing: one leaf node, fn recorded as the submodule it is
+        return _fx.record(proxy, drop_path_residual, (x,), dict(
             fn=fn, p=p, training=training, mode=mode, count=count, scale_by_keep=scale_by_keep,
-            sample_dim=sample_dim, generator=generator, backend=backend), modules=("fn",))
+            sample_dim=sample_dim, generator=generator, backend=backend, layer_scale=layer_scale,
+            channel_dim=channel_dim), modules=("fn",))
     dim = functional._check_common(x, "x", p, mode, sample_dim, backend, generator)
+    gamma = None
+    if layer_scale is not None:
+        gamma, cd = functional._check_layer_scale(layer_scale, x, channel_dim, dim)
+
+    def branch(xs):  # fn, then LayerScale when given
+        y = _call_branch(fn, xs)
+        return y if gamma is None else y * reference.layer_scale_view(gamma, y.dim(), cd)
+
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if count not in COUNTS:
@@ -592,14 +610,19 @@ def drop_path_residual(
     if _known_zero(n):  # no samples: fn is never called on an empty batch
         return x
     if not training or p == 0.0:
-        return x + _call_branch(fn, x)
+        return x + branch(x)
     if mode == "batch":
         if not rng.batch_decision(p, generator, like=x):
             return x
-        y = _call_branch(fn, x)
         scale = torch.ones(1, dtype=torch.float32, device=x.device)
+        if rng.is_dtensor(x):
+            scale = rng._replicated_agreed(scale, x)
+        y = _call_branch(fn, x)
+        if gamma is not None:  # the fused LayerScale op of drop_path_add, with its multiplier
+            alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype, gamma.dtype))
+            return functional._ls_backend(_core_backend(be.name)).residual_add_ls(x, y, scale, gamma, dim, cd, alpha)
         alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype))
-        return _core_residual_add(be.name)(x, y, scale, dim, alpha)
+        return _core_backend(be.name).residual_add(x, y, scale, dim, alpha)
     if count == "fixed":
         k = kept_count(n, p)
         if k == 0:
@@ -620,7 +643,7 @@ def drop_path_residual(
         residual, xs = be.split.apply(x, index, dim)
     else:
         residual, xs = x, be.gather(x, index, dim)
-    y = _call_branch(fn, xs)
+    y = branch(xs)
     if alpha is None:
         alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype))
     return be.index_add(residual, y, index, dim, alpha)

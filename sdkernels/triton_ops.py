@@ -317,3 +317,219 @@ def _eager_sample_scale(x, scale, sample_dim, alpha=1.0, dtype=None):
 
 
 functional.register_backend("triton", _eager_scaled_residual_add, _eager_sample_scale, DEVICES, AVAILABLE)
+
+
+# ---- LayerScale (issue 13) -----------------------------------------------------------------------
+# ``sdkernels::{scaled_residual_add_ls,sample_scale_ls,layer_scale_grads}_triton``: the C++ ops'
+# schemas and semantics (csrc/ops.cpp), kernels in triton_kernels/layer_scale.py, autograd from
+# ops.register_layer_scale_autograd, and the same eager fast path as the core pair.
+from typing import Tuple  # noqa: E402
+
+from .triton_kernels import layer_scale as _ls  # noqa: E402
+
+_RESIDUAL_ADD_LS_SCHEMA = ("(Tensor residual, Tensor branch, Tensor scale, Tensor gamma, int sample_dim, "
+                           "int channel_dim, float alpha=1.0) -> Tensor")
+_SAMPLE_SCALE_LS_SCHEMA = ("(Tensor x, Tensor scale, Tensor gamma, int sample_dim, int channel_dim, "
+                           "float alpha=1.0, ScalarType? dtype=None) -> Tensor")
+_LAYER_SCALE_GRADS_SCHEMA = ("(Tensor grad, Tensor branch, Tensor scale, Tensor gamma, int sample_dim, "
+                             "int channel_dim, float alpha=1.0) -> (Tensor, Tensor)")
+
+
+def _wrap_channel_dim(channel_dim: int, ndim: int, sample_dim: int) -> int:
+    if not -ndim <= channel_dim < ndim:
+        raise IndexError(f"sdkernels: channel_dim {channel_dim} is out of range for a tensor of {ndim} dims")
+    cd = channel_dim % ndim
+    if cd == sample_dim:
+        raise ValueError(f"sdkernels: channel_dim ({channel_dim}) must differ from sample_dim ({sample_dim})")
+    return cd
+
+
+def _checked_gamma(gamma: torch.Tensor, C: int, device: torch.device, acc: torch.dtype) -> torch.Tensor:
+    _check_float(gamma, "gamma")
+    if gamma.dim() != 1 or gamma.shape[0] != C:
+        raise ValueError(f"sdkernels: gamma must be 1-D with one value per channel ({C}), got shape {tuple(gamma.shape)}")
+    if gamma.device != device:
+        raise ValueError(f"sdkernels: gamma is on {gamma.device} but the input is on {device}")
+    return gamma.to(acc).contiguous()
+
+
+def _acc(*dtypes) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _ls_dims(x: torch.Tensor, scale, sample_dim: int, channel_dim: int):
+    _check_device(x)
+    dim = _wrap_dim(sample_dim, x.dim())
+    cd = _wrap_channel_dim(channel_dim, x.dim(), dim)
+    return dim, cd, _checked_scale(scale, x.shape[dim], x.device)
+
+
+def _residual_add_ls_impl(residual, branch, scale, gamma, sample_dim, channel_dim, alpha, wrap):
+    _check_float(residual, "residual")
+    _check_float(branch, "branch")
+    if residual.shape != branch.shape:
+        raise ValueError(
+            f"sdkernels: residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}"
+        )
+    if residual.device != branch.device:
+        raise ValueError(f"sdkernels: residual is on {residual.device} but branch is on {branch.device}")
+    dim, cd, sc = _ls_dims(residual, scale, sample_dim, channel_dim)
+    out = ops.out_like_ls(residual, branch, gamma)
+    g = _checked_gamma(gamma, residual.shape[cd], residual.device, _acc(out.dtype))
+    if out.numel() == 0 or _skip_launch(out):
+        return out
+    v = _ls.ls_view(out, dim, cd, sc.numel())
+    with _launch_device(out):
+        _ls.launch_residual_add_ls(out, _in_layout_of(residual, out), _in_layout_of(branch, out), sc, g, alpha, v,
+                                   wrap=wrap)
+    return out
+
+
+def _sample_scale_ls_impl(x, scale, gamma, sample_dim, channel_dim, alpha, dtype, wrap):
+    _check_float(x, "x")
+    out_dtype = torch.promote_types(x.dtype, gamma.dtype) if dtype is None else dtype
+    if out_dtype not in _FLOATS:
+        raise TypeError(f"sdkernels: dtype must be float16, bfloat16, float32 or float64, got {out_dtype}")
+    dim, cd, sc = _ls_dims(x, scale, sample_dim, channel_dim)
+    acc = _acc(x.dtype, out_dtype, gamma.dtype)
+    g = _checked_gamma(gamma, x.shape[cd], x.device, acc)
+    out = torch.empty_like(x, dtype=out_dtype)
+    if out.numel() == 0 or _skip_launch(out):
+        return out
+    v = _ls.ls_view(out, dim, cd, sc.numel())
+    with _launch_device(out):  # an fp64 gamma makes the math fp64 (ACC64) whatever x's dtype
+        _ls.launch_sample_scale_ls(out, _in_layout_of(x, out), sc, g, alpha, v, wrap=wrap)
+    return out
+
+
+def _layer_scale_grads_impl(grad, branch, scale, gamma, sample_dim, channel_dim, alpha, wrap):
+    _check_float(grad, "grad")
+    _check_float(branch, "branch")
+    if grad.shape != branch.shape:
+        raise ValueError(
+            f"sdkernels: grad and branch must have the same shape, got {tuple(grad.shape)} and {tuple(branch.shape)}")
+    if grad.device != branch.device:
+        raise ValueError(f"sdkernels: grad is on {grad.device} but branch is on {branch.device}")
+    dim, cd, sc = _ls_dims(grad, scale, sample_dim, channel_dim)
+    acc = _acc(grad.dtype, branch.dtype, gamma.dtype)
+    g = _checked_gamma(gamma, grad.shape[cd], grad.device, acc)
+    gb, gg = ops.layer_scale_grads_out(grad, branch, gamma)
+    if gb.numel() == 0:
+        return gb, gg.zero_()
+    if _skip_launch(gb):
+        return gb, gg
+    v = _ls.ls_view(gb, dim, cd, sc.numel())
+    partials = torch.empty(_ls.partials_numel(v), dtype=acc, device=gb.device)
+    with _launch_device(gb):
+        outer = _ls.launch_layer_scale_grads(gb, _in_layout_of(grad, gb), _in_layout_of(branch, gb), sc, g, partials,
+                                             alpha, v, wrap=wrap)
+    # One sum of the fixed partials, in a fixed order (torch's reductions use no atomics).
+    gg.copy_(partials[: outer * v.C * v.c_div].view(outer, v.C, v.c_div).sum(dim=(0, 2)))
+    return gb, gg
+
+
+def _scaled_residual_add_ls(
+    residual: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor, gamma: torch.Tensor, sample_dim: int,
+    channel_dim: int, alpha: float = 1.0,
+) -> torch.Tensor:
+    return _residual_add_ls_impl(residual, branch, scale, gamma, sample_dim, channel_dim, alpha, _wrap)
+
+
+def _sample_scale_ls(
+    x: torch.Tensor, scale: torch.Tensor, gamma: torch.Tensor, sample_dim: int, channel_dim: int, alpha: float = 1.0,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    return _sample_scale_ls_impl(x, scale, gamma, sample_dim, channel_dim, alpha, dtype, _wrap)
+
+
+def _layer_scale_grads(
+    grad: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor, gamma: torch.Tensor, sample_dim: int,
+    channel_dim: int, alpha: float = 1.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _layer_scale_grads_impl(grad, branch, scale, gamma, sample_dim, channel_dim, alpha, _wrap)
+
+
+_register("sdkernels::scaled_residual_add_ls_triton", _scaled_residual_add_ls, _RESIDUAL_ADD_LS_SCHEMA)
+_register("sdkernels::sample_scale_ls_triton", _sample_scale_ls, _SAMPLE_SCALE_LS_SCHEMA)
+_register("sdkernels::layer_scale_grads_triton", _layer_scale_grads, _LAYER_SCALE_GRADS_SCHEMA)
+ops.register_layer_scale_autograd("sdkernels::scaled_residual_add_ls_triton", "sdkernels::sample_scale_ls_triton",
+                                  "sdkernels::layer_scale_grads_triton")
+
+#: ``torch.ops.sdkernels.scaled_residual_add_ls_triton.default`` (signature of the C++ op).
+scaled_residual_add_ls = torch.ops.sdkernels.scaled_residual_add_ls_triton.default
+#: ``torch.ops.sdkernels.sample_scale_ls_triton.default``.
+sample_scale_ls = torch.ops.sdkernels.sample_scale_ls_triton.default
+#: ``torch.ops.sdkernels.layer_scale_grads_triton.default``.
+layer_scale_grads = torch.ops.sdkernels.layer_scale_grads_triton.default
+
+# Eager fast path: the ops' bodies under private autograd.Functions with the rules of
+# ops.layer_scale_autograd_rules (their backward calls the fast-path ops again: double backward).
+
+
+def _fast_function(name: str, impl, setup, backward):
+    """An autograd.Function running ``impl(*args, _unwrapped)`` with the given register_autograd-style rules."""
+
+    def forward(ctx, *args):
+        setup(ctx, args, None)
+        return impl(*args, _unwrapped)
+
+    def bwd(ctx, *grads):
+        return backward(ctx, *grads)
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(bwd),
+                                                   "__module__": __name__})
+
+
+def _rules_sample_scale_ls(*args):
+    return _eager_sample_scale_ls(*args)
+
+
+def _rules_layer_scale_grads(*args):
+    return _eager_layer_scale_grads(*args)
+
+
+_LS_RULES = ops.layer_scale_autograd_rules(_rules_sample_scale_ls, _rules_layer_scale_grads)
+_ResidualAddLsFn = _fast_function("_ResidualAddLsFn", _residual_add_ls_impl, *_LS_RULES["residual_add"])
+_SampleScaleLsFn = _fast_function("_SampleScaleLsFn", _sample_scale_ls_impl, *_LS_RULES["sample_scale"])
+_LayerScaleGradsFn = _fast_function("_LayerScaleGradsFn", _layer_scale_grads_impl, *_LS_RULES["grads"])
+
+
+def _ls_fast(tensors, ints, alpha) -> bool:
+    return all(type(i) is int for i in ints) and type(alpha) in _NUMBERS and _eager(*tensors)
+
+
+def _needs_grad(*tensors) -> bool:
+    return _C.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _eager_scaled_residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim, alpha=1.0):
+    """``scaled_residual_add_ls_triton`` without torch.library in plain eager mode; the op otherwise."""
+    if _ls_fast((residual, branch, scale, gamma), (sample_dim, channel_dim), alpha):
+        args = (residual, branch, scale, gamma, sample_dim, channel_dim, float(alpha))
+        if _needs_grad(residual, branch, gamma):
+            return _ResidualAddLsFn.apply(*args)
+        return _residual_add_ls_impl(*args, _unwrapped)
+    return scaled_residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim, alpha)
+
+
+def _eager_sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, alpha=1.0, dtype=None):
+    """``sample_scale_ls_triton`` without torch.library in plain eager mode; the op otherwise."""
+    if (dtype is None or type(dtype) is torch.dtype) and _ls_fast((x, scale, gamma), (sample_dim, channel_dim), alpha):
+        args = (x, scale, gamma, sample_dim, channel_dim, float(alpha), dtype)
+        if _needs_grad(x, gamma):
+            return _SampleScaleLsFn.apply(*args)
+        return _sample_scale_ls_impl(*args, _unwrapped)
+    return sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, alpha, dtype)
+
+
+def _eager_layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim, alpha=1.0):
+    """``layer_scale_grads_triton`` without torch.library in plain eager mode; the op otherwise."""
+    if _ls_fast((grad, branch, scale, gamma), (sample_dim, channel_dim), alpha):
+        args = (grad, branch, scale, gamma, sample_dim, channel_dim, float(alpha))
+        if _needs_grad(grad, branch, gamma):
+            return _LayerScaleGradsFn.apply(*args)
+        return _layer_scale_grads_impl(*args, _unwrapped)
+    return layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim, alpha)
+
+
+functional.register_layer_scale_ops("triton", _eager_scaled_residual_add_ls, _eager_sample_scale_ls)

@@ -20,3 +20,27 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype=None, **
     tol.update(kw)
     assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
     torch.testing.assert_close(actual, expected, equal_nan=True, **tol)
+
+
+_EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def assert_close_reduction(actual: torch.Tensor, expected64: torch.Tensor, sumsq64: torch.Tensor, n: int,
+                           acc_dtype: torch.dtype):
+    """A sum of ``n`` terms per entry (a gamma gradient) against its float64 value.
+
+    Kernels and reference add the same terms in different orders, in ``acc_dtype``:
+    the difference is a random walk of roundings, bounded here by
+    ``8 * eps(acc) * sqrt(n) * sqrt(sum of squared terms)`` (``sumsq64``), plus
+    one rounding to ``actual``'s dtype.  A lost or doubled row of terms moves
+    the sum by about ``sqrt(row length)`` terms, far past that.
+    """
+    a = actual.double()
+    e = expected64.double()
+    tol = 8 * _EPS[acc_dtype] * (max(n, 1) ** 0.5) * sumsq64.double().sqrt() + _EPS[actual.dtype] * e.abs() + 1e-30
+    err = (a - e).abs()
+    assert bool(torch.isfinite(a).all() == torch.isfinite(e).all()), "non-finite values differ"
+    bad = err > tol
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} of {a.numel()} sums off: worst error {float((err / tol).max()):.2f}x the bound; "
+        f"actual {a[bad][:4].tolist()} expected {e[bad][:4].tolist()}")
