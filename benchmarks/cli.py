@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"suites among {', '.join(S.SUITES)} or 'all' (default: ops,e2e; blocks, models and train "
                          "are opt-in: models takes tens of minutes on a 2-core CPU, mostly compiling; 'all' runs "
                          "every suite: ops, e2e, blocks, models, train)")
-    ap.add_argument("--ops", default=None, help=f"ops among {', '.join(S.OPS)} (default: drop_path_add)")
+    ap.add_argument("--ops", default=None,
+                    help=f"ops among {', '.join(S.OPS)} (default: drop_path_add; drop_path_add_ls, LayerScale, "
+                         "has its own default sizes: ViT-B tokens fp32/bf16, ConvNeXt stage 1 channels_last)")
     ap.add_argument("--modes", default=None,
                     help=f"modes among {', '.join(S.MODES)} (default: fwd,bwd,fwd+bwd; plus fwd-nograd on host-bound sizes)")
     ap.add_argument("--sizes", default=None, help=f"sizes among {', '.join(S.SIZES)}")
@@ -144,14 +146,15 @@ def main(argv=None) -> int:
     start = time.monotonic()
     deadline = start + a.time_limit if a.time_limit else None
     op_ps = ps or ([0.5] if a.quick else list(S.DEFAULT_PS))
-    cases = S.cases_from(device, size_names, dtype_names, quick=a.quick)
+    op_cases = {op: S.cases_for_op(op, device, size_names, dtype_names, quick=a.quick) for op in ops}
+    cases = [c for op in ops for c in op_cases[op]]
     repeats = a.repeats or (3 if a.quick else (50 if device == "cuda" else 7))
     env = report.environment(device)
     if device == "cpu":
         print(f"CPU: {torch.get_num_threads()} threads (torch.get_num_threads()); "
               f"{os.cpu_count()} logical cores visible", file=sys.stderr)
 
-    plans = opsuite.plan_ops(ops, cases, providers, modes, op_ps) if "ops" in suites else []
+    plans = opsuite.plan_ops(ops, op_cases, providers, modes, op_ps) if "ops" in suites else []
     e2e_ps = op_ps
     e2e_batch = a.batch or e2e.default_batch(device, a.quick)
     e2e_repeats = a.repeats or (2 if a.quick else 5)

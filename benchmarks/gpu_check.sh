@@ -16,7 +16,8 @@
 #   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers
 #   5b. models python -m benchmarks.models: ViT-B/16 training steps, eager vs sdkernels.convert (cap 60)
 #   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
-#   7. bench   python -m benchmarks (the default suite, each op row also timed as a CUDA graph)
+#   7. bench   python -m benchmarks --ops drop_path_add_ls,drop_path_add (the LayerScale rows, then the
+#              default suite; each op row also timed as a CUDA graph)
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
 # suites-<date>.tar.gz (the blocks and models CSVs), <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png),
 # else to a fresh folder under benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
@@ -243,11 +244,14 @@ fi
 if [ "$DRY" = 1 ]; then
     # Tiny and compile-free (a cold torch.compile costs ~20 s on 2 cores): the logic, not the numbers.
     BENCH=("$PY" -m benchmarks --quick --device cpu --sizes small --repeats 2 --out "$DEST" --name bench-dry-run
+           --ops drop_path_add,drop_path_add_ls
            --providers eager_timm,eager_tv,sdk-reference,sdk-cpu,sdk-cuda,sdk-triton,copy,clone,add,scale --no-progress)
     run_step bench 90 0 "${BENCH[@]}"
 else
     TL=$(( $(left) - 30 ))
-    BENCH=("$PY" -m benchmarks --device cuda --out "$DEST" --no-progress --time-limit "$TL")
+    # LayerScale rows (issue 13, never measured on a GPU yet) first, then the core op's default rows.
+    BENCH=("$PY" -m benchmarks --device cuda --out "$DEST" --no-progress --time-limit "$TL"
+           --ops drop_path_add_ls,drop_path_add)
     run_step bench 600 5 "${BENCH[@]}"
 fi
 CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | grep -v -E '/(blocks|models)-[^/]*\.csv$' | head -n 1)

@@ -54,16 +54,19 @@ def _modes_for(case: Case, modes: Optional[Sequence[str]]) -> List[str]:
     return ms
 
 
-def plan_ops(ops: Sequence[str], cases: Sequence[Case], providers: Sequence[str], modes: Optional[Sequence[str]],
+def plan_ops(ops: Sequence[str], cases, providers: Sequence[str], modes: Optional[Sequence[str]],
              ps: Sequence[float]) -> List[OpPlan]:
-    """The measurements of the op suite, in run order (grouped by case so inputs are made once)."""
+    """The measurements of the op suite, in run order (grouped by case so inputs are made once).
+
+    ``cases``: a list for every op, or a dict op -> list (each op its own cases).
+    """
     plans: List[OpPlan] = []
     for op in ops:
-        for case in cases:
+        for case in (cases[op] if isinstance(cases, dict) else cases):
             ms = _modes_for(case, modes)
             for prov in providers:
                 if prov in P.BASELINES:
-                    if prov == "add" and op != "drop_path_add":
+                    if prov == "add" and op == "drop_path":
                         continue
                     plans.append(OpPlan(op, case, prov, P.BASELINE_MODE[prov], None))
             for p in ps:
@@ -94,8 +97,15 @@ class _Inputs:
 
         self.op = op
         self.sample_dim = case.size.sample_dim
+        self.channel_dim = case.size.channel_dim
         self.branch = make(bd)
-        self.residual = make(rd) if op == "drop_path_add" else None
+        self.residual = make(rd) if op != "drop_path" else None
+        # LayerScale: gamma in the output dtype (a bf16 model's bf16 gamma; fp32 with the fp32+bf16
+        # case, as autocast leaves the parameter), values around 1
+        self.gamma = None
+        if op == "drop_path_add_ls":
+            C = shape[self.channel_dim]
+            self.gamma = (1.0 + 0.1 * torch.randn(C, generator=g, dtype=torch.float32, device=device)).to(od)
         self.grad = make(od)
         self.numel = self.branch.numel()
         n = shape[self.sample_dim]
@@ -106,6 +116,8 @@ class _Inputs:
 
     def leaves(self, grad: bool) -> Tuple[torch.Tensor, ...]:
         ts = (self.branch,) if self.op == "drop_path" else (self.residual, self.branch)
+        if self.gamma is not None:
+            ts += (self.gamma,)
         if not grad:
             return ts
         return tuple(t.detach().requires_grad_() for t in ts)
@@ -169,15 +181,15 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
     rows = [] if rows is None else rows
     inputs: Optional[_Inputs] = None
     key = None
-    reasons: Dict[str, Optional[str]] = {}
+    reasons: Dict[Tuple[str, str], Optional[str]] = {}
     for plan in plans:
         row = _base_row(plan)
         rows.append(row)
         if progress is not None:
             progress.set_postfix_str(f"{plan.case.name} {plan.provider} {plan.mode} p={plan.p}", refresh=False)
-        if plan.provider not in reasons:
-            reasons[plan.provider] = P.unavailable_reason(plan.provider, device)
-        why = reasons[plan.provider]
+        if (plan.provider, plan.op) not in reasons:
+            reasons[(plan.provider, plan.op)] = P.unavailable_reason(plan.provider, device, plan.op)
+        why = reasons[(plan.provider, plan.op)]
         if why is None and deadline is not None and time.monotonic() > deadline:
             why = "time limit reached (--time-limit)"
         if why is not None:
@@ -199,7 +211,7 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
             if plan.provider in P.BASELINES:
                 fn = _baseline_fn(plan.provider, x)
             else:
-                fwd = P.make_forward(plan.provider, plan.op, plan.p, x.sample_dim)
+                fwd = P.make_forward(plan.provider, plan.op, plan.p, x.sample_dim, x.channel_dim)
                 t0 = time.perf_counter()
                 fn = _mode_fn(fwd, plan.mode, x)
                 fn()
@@ -228,7 +240,7 @@ def _gpu_time(row: Dict, gpu_timer: Callable, plan: OpPlan, x: _Inputs, repeats:
         def make():
             return _baseline_fn(plan.provider, x)
     else:
-        fwd = P.make_forward(plan.provider, plan.op, plan.p, x.sample_dim)
+        fwd = P.make_forward(plan.provider, plan.op, plan.p, x.sample_dim, x.channel_dim)
 
         def make():
             return _mode_fn(fwd, plan.mode, x)
@@ -270,7 +282,7 @@ def measure_memory(rows: List[Dict], cases: Sequence[Case], device: str, progres
             x = _Inputs(row["op"], case, device)
             key = (row["op"], case)
         try:
-            fwd = P.make_forward(row["provider"], row["op"], row["p"], x.sample_dim)
+            fwd = P.make_forward(row["provider"], row["op"], row["p"], x.sample_dim, x.channel_dim)
             mem, how = peak_memory(_mode_fn(fwd, "fwd+bwd", x), device, tries=tries)
             row["peak_mem_mb"] = mem / 1e6
             row["mem_method"] = how

@@ -46,6 +46,25 @@ scale                      -                              2 N e_o
 sdk-reference              not counted (a spec, many passes: GB/s left blank)
 =========================  =============================  ===================================
 
+LayerScale (op ``drop_path_add_ls``, issue 13: ``residual + drop_path(gamma *
+branch)``, gamma of C << N values in the output dtype, its traffic left out;
+e_l = bytes of promote(branch, gamma), the dtype of ``branch * gamma``):
+
+=========================  =============================  ===================================
+provider                   forward                        backward (all three gradients)
+=========================  =============================  ===================================
+sdk-cpu/cuda/triton/auto   N (e_r + e_o + q e_b)          N (q e_o + q e_b + e_b): grad and the
+                                                          branch read on kept rows only, one
+                                                          pass [+ N (e_o + e_r) cast as above]
+eager_timm                 N (e_b + e_l) ls = b * gamma,  N (e_o + e_l) grad_ls = grad * mask,
+                           N 2 e_l ls * mask, N (e_r +    N (e_l + e_b) grad_b = grad_ls *
+                           e_l + e_o) the add: 7 tensors  gamma, N (2 e_l + e_b) grad_ls * b,
+                                                          N e_l its sum: 8 tensors
+compile                    N (e_r + e_b + e_o)            N (e_o + 2 e_b): grad and branch
+                                                          read, grad_branch written (the
+                                                          gamma reduction fused in)
+=========================  =============================  ===================================
+
 On CPU, PyTorch's TensorIterator casts a mixed-dtype input into a temporary
 before the kernel, so eager's add of an fp32 residual and a bf16 product moves
 N (e_b + e_o) more; that is counted on CPU (``add`` too).  ``drop_path`` alone:
@@ -122,8 +141,10 @@ def _backend_devices(name: str):
     return {"cpu": {"cpu"}, "cuda": {"cuda"}, "triton": {"cuda"}}.get(name)
 
 
-def unavailable_reason(provider: str, device: str) -> Optional[str]:
-    """None when ``provider`` can run on ``device``, else why not (the row is then 'skipped')."""
+def unavailable_reason(provider: str, device: str, op: Optional[str] = None) -> Optional[str]:
+    """None when ``provider`` can run ``op`` on ``device``, else why not (the row is then 'skipped')."""
+    if op == "drop_path_add_ls" and provider == "eager_tv":
+        return "LayerScale: eager_timm (LayerScale, drop_path, add) is the eager baseline"
     if provider in EAGER or provider in BASELINES:
         return None
     if provider == COMPILE:
@@ -201,6 +222,8 @@ def moved_bytes(provider: str, op: str, mode: str, numel: int, dtypes: Sequence[
         if model == "fused":
             return n * (q * ex + ex)
         return 2 * n * ex  # eager and compiled: one multiply
+    if op == "drop_path_add_ls":
+        return _ls_bytes(model, fwd, n, er, eb, eo, q, cpu_cast)
     # drop_path_add
     if model == "fused":
         if fwd:
@@ -221,6 +244,22 @@ def moved_bytes(provider: str, op: str, mode: str, numel: int, dtypes: Sequence[
         cast_r = n * (eo + er) if er != eo else 0.0
         return n * (eo + eb) + cast_r
     raise ValueError(f"no bytes model for provider {provider!r}")
+
+
+def _ls_bytes(model: str, fwd: bool, n: float, er: int, eb: int, eo: int, q: float, cpu_cast: bool) -> float:
+    """Bytes of ``residual + drop_path(gamma * branch)`` (gamma in the output dtype; the module docstring's table)."""
+    el = max(eb, eo)  # branch * gamma: promoted
+    cast_r = n * (eo + er) if er != eo else 0.0
+    if model == "fused":
+        return n * (er + eo + q * eb) if fwd else n * (q * eo + q * eb + eb) + cast_r
+    if model == "eager":
+        if fwd:
+            extra = n * (el + eo) if (cpu_cast and el != er) else 0.0
+            return n * (eb + el) + 2 * n * el + n * (er + el + eo) + extra
+        return n * (eo + el) + n * (el + eb) + n * (2 * el + eb) + n * el + cast_r
+    if model == "compiled":
+        return n * (er + eb + eo) if fwd else n * (eo + 2 * eb) + cast_r
+    raise ValueError(f"no LayerScale bytes model for {model!r}")
 
 
 # ------------------------------------------------------------- callables ----
@@ -277,14 +316,34 @@ def _compiled(op: str):
             fconfig.donated_buffer = False
     except ImportError:  # pragma: no cover
         pass
-    fn = eager_timm_add if op == "drop_path_add" else eager_timm_dp
+    fn = {"drop_path_add": eager_timm_add, "drop_path": eager_timm_dp, "drop_path_add_ls": eager_timm_ls_add}[op]
     return torch.compile(fn, dynamic=False)
 
 
-def make_forward(provider: str, op: str, p: float, sample_dim: int) -> Callable:
-    """The forward of a (non-baseline) provider: ``f(residual, branch)`` or ``f(x)``."""
+def eager_timm_ls_add(residual, branch, gamma, p: float, sample_dim: int, channel_dim: int):
+    """``residual + timm_drop_path(branch * gamma)``: timm's LayerScale, drop path, add (and what ``compile`` compiles)."""
+    from sdkernels.reference import timm_layer_scale_drop_path_add
+
+    return timm_layer_scale_drop_path_add(residual, branch, gamma, p, channel_dim, sample_dim)
+
+
+def make_forward(provider: str, op: str, p: float, sample_dim: int, channel_dim: int = -1) -> Callable:
+    """The forward of a (non-baseline) provider: ``f(residual, branch)``, ``f(x)`` or (LayerScale) ``f(residual, branch, gamma)``."""
     sd = sample_dim
-    if op == "drop_path_add":
+    if op == "drop_path_add_ls":
+        cd = channel_dim
+        if provider == "eager_timm":
+            return lambda r, b, g: eager_timm_ls_add(r, b, g, p, sd, cd)
+        if provider == COMPILE:
+            cf = _compiled(op)
+            return lambda r, b, g: cf(r, b, g, p, sd, cd)
+        if provider.startswith("sdk-"):
+            import sdkernels
+
+            be = provider[4:]
+            return lambda r, b, g: sdkernels.drop_path_add(r, b, p, sample_dim=sd, backend=be, layer_scale=g,
+                                                           channel_dim=cd)
+    elif op == "drop_path_add":
         if provider == "eager_timm":
             return lambda r, b: eager_timm_add(r, b, p, sd)
         if provider == "eager_tv":

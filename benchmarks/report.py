@@ -12,7 +12,7 @@ Required keys (a suite must set them):
 
 =============  ======================================================================
 suite          "ops", "e2e" or "blocks"
-op             what is measured: "drop_path_add", "drop_path" (ops), "vit_block" (e2e),
+op             what is measured: "drop_path_add", "drop_path", "drop_path_add_ls" (ops), "vit_block" (e2e),
                "vit_b_block", "resnet_bottleneck" (blocks), ...
 size           a size name ("vit-b", "small", ...; e2e: "vit-b-block"; blocks: e.g. "vit-b-block")
 shape          the activation shape as "64x197x768"
@@ -443,6 +443,10 @@ def _gpu_part(name: str, r: Dict) -> str:
     return txt
 
 
+#: ops of the headline: the fused add, and with LayerScale (issue 13)
+HEADLINE_OPS = ("drop_path_add", "drop_path_add_ls")
+
+
 def headline(rows: Sequence[Dict]) -> str:
     """A few key ratios per size of the op suite: the fused op against its floors, eager and compile.
 
@@ -457,17 +461,17 @@ def headline(rows: Sequence[Dict]) -> str:
     out = []
     cases = []
     for r in rows:
-        if r["suite"] == "ops" and r["op"] == "drop_path_add" and _ok(r):
-            c = (r["size"], r["shape"], r["dtype"])
+        if r["suite"] == "ops" and r["op"] in HEADLINE_OPS and _ok(r):
+            c = (r["op"], r["size"], r["shape"], r["dtype"])
             if c not in cases:
                 cases.append(c)
-    for size, shape, dtype in cases:
+    for op, size, shape, dtype in cases:
         sdk = sorted({r["provider"] for r in rows if r["provider"].startswith("sdk-") and r["provider"] != "sdk-reference"
                       and _ok(r) and r["size"] == size and r["dtype"] == dtype})
         ps = sorted({r["p"] for r in rows if r["p"] is not None and r["size"] == size and r["dtype"] == dtype})
         for prov in sdk:
             for p in ps:
-                sel = dict(suite="ops", op="drop_path_add", size=size, shape=shape, dtype=dtype)
+                sel = dict(suite="ops", op=op, size=size, shape=shape, dtype=dtype)
                 f = _find(rows, provider=prov, mode="fwd", p=p, **sel)
                 b = _find(rows, provider=prov, mode="bwd", p=p, **sel)
                 fn = _find(rows, provider=prov, mode="fwd-nograd", p=p, **sel)
@@ -497,7 +501,8 @@ def headline(rows: Sequence[Dict]) -> str:
                 if gpu:
                     parts.append("GPU only: " + "; ".join(gpu))
                 if parts:
-                    out.append(f"{size} {shape} {dtype} p={p:g} {prov}: " + ", ".join(parts))
+                    what = "" if op == "drop_path_add" else f"{op} "
+                    out.append(f"{what}{size} {shape} {dtype} p={p:g} {prov}: " + ", ".join(parts))
     for r in rows:
         if r["suite"] in ("e2e", "blocks") and _ok(r) and r.get("speedup_vs_eager") and r["provider"] not in EAGER_BASELINES:
             out.append(f"{r['suite']} {r['op']} {r['size']} {r['dtype']} p={r['p']:g} {r['provider']}: "

@@ -6,7 +6,9 @@
 
 Odd shapes (tails, one block spanning rows, sample_dim 1, channels_last),
 fp32/bf16/mixed dtypes, p in {0.5, 1}; both ops, forward and backward, each
-checked against ``sdkernels.reference`` with the same seeded draw.  With the
+checked against ``sdkernels.reference`` with the same seeded draw; and the
+LayerScale ops (issue 13: ``layer_scale=gamma``, every row-view kind, few
+rows with many channels), output and the three gradients.  With the
 caching allocator off (the variable above), an out-of-bounds access lands
 outside its allocation, where memcheck sees it.  Exit status 1 on a mismatch.
 """
@@ -84,11 +86,64 @@ def run(device: str, backends) -> int:
                 y = skip_path(x, lin, 0.5)
             y.sum().backward()
             n += 1
+    # ---- LayerScale (issue 13): the three ops, forward and the three gradients ----
+    n_ls, bad_ls = run_layer_scale(device, backends)
+    n += n_ls
+    bad += bad_ls
     if device == "cuda":
         torch.cuda.synchronize()
     print(f"sanitize_case: {n} cases on {device} (backends {', '.join(backends)}): "
           f"{'all match the reference' if not bad else f'{bad} MISMATCHES'}")
     return 1 if bad else 0
+
+
+# (shape, sample_dim, channel_dim, channels_last): tokens with tails, channels_last and contiguous NCHW
+# (gamma per column / per row), seq-first, a channel dim outside the sample dim, few rows with many channels.
+LS_SHAPES = [
+    ((7, 3, 37), 0, -1, False),
+    ((3, 6, 5, 4), 0, 1, True),
+    ((3, 6, 5, 7), 0, 1, False),
+    ((5, 3, 17), 1, -1, False),
+    ((6, 4, 5), 1, 0, False),
+    ((2, 1, 3000), 0, -1, False),
+]
+
+
+def run_layer_scale(device: str, backends):
+    """``drop_path_add(..., layer_scale=gamma)``: output and the residual's, branch's and gamma's gradients."""
+    import sdkernels
+    from sdkernels import reference
+
+    bad = n = 0
+    for be in backends:
+        for shape, sd, cd, cl in LS_SHAPES:
+            for rd, bd in DTYPES:
+                for p in PS:
+                    g = torch.Generator(device="cpu").manual_seed(500 + n)
+                    r = torch.randn(shape, generator=g).to(device=device, dtype=rd)
+                    b = torch.randn(shape, generator=g).to(device=device, dtype=bd)
+                    if cl:
+                        r = r.contiguous(memory_format=torch.channels_last)
+                        b = b.contiguous(memory_format=torch.channels_last)
+                    gamma = (0.5 + torch.rand(shape[cd], generator=g)).to(device)
+                    r, b, gamma = (t.requires_grad_() for t in (r, b, gamma))
+                    kw = dict(sample_dim=sd, layer_scale=gamma, channel_dim=cd)
+                    out = sdkernels.drop_path_add(r, b, p, generator=torch.Generator(device=device).manual_seed(n),
+                                                  backend=be, **kw)
+                    go = torch.randn(out.shape, generator=g).to(device=device, dtype=out.dtype)
+                    got = (out,) + torch.autograd.grad(out, (r, b, gamma), go)
+                    ref = reference.drop_path_add(r, b, p, generator=torch.Generator(device=device).manual_seed(n), **kw)
+                    want = (ref,) + torch.autograd.grad(ref, (r, b, gamma), go)
+                    for k, (a, e) in enumerate(zip(got, want)):
+                        rtol, atol = _tol(a.dtype)
+                        if k == 3:  # gamma's gradient: a sum over many terms
+                            rtol, atol = 1e-4, 1e-3 * (a.numel() and float(e.abs().max()) + 1.0)
+                        if a.dtype != e.dtype or not torch.allclose(a.float(), e.float(), rtol=rtol, atol=atol):
+                            bad += 1
+                            print(f"MISMATCH layer_scale backend={be} shape={shape} sample_dim={sd} channel_dim={cd} "
+                                  f"channels_last={cl} dtypes={rd},{bd} p={p} output#{k}")
+                    n += 1
+    return n, bad
 
 
 def main(argv=None) -> int:

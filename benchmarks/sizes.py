@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_PS",
     "default_cases",
     "cases_from",
+    "cases_for_op",
     "parse_names",
     "dtype_pair",
 ]
@@ -34,7 +35,8 @@ class Size:
     ``sample_dim`` indexes the samples; ``channels_last`` stores a 4-d tensor
     NHWC in memory; ``host_bound`` marks sizes where host overhead dominates
     (timed by a synchronised wall-clock loop on GPU, and also measured without
-    grad).
+    grad); ``channel_dim`` is the dim a LayerScale gamma scales (op
+    ``drop_path_add_ls``).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Size:
     channels_last: bool = False
     host_bound: bool = False
     about: str = ""
+    channel_dim: int = -1
 
     @property
     def numel(self) -> int:
@@ -70,6 +73,9 @@ _SIZE_LIST = [
     Size("resnet50", (64, 256, 56, 56), about="ResNet-50 stage-1 activation, NCHW"),
     Size("resnet50-cl", (64, 256, 56, 56), channels_last=True, about="ResNet-50 stage-1 activation, channels_last"),
     Size("llm", (2048, 8, 4096), sample_dim=1, about="LLM layer, seq-first [S, B, H], sample_dim=1"),
+    # LayerScale (issue 13): ConvNeXt-T stage 1, gamma on channel_dim 1 of channels_last NCHW.
+    Size("convnext-s1-cl", (64, 96, 56, 56), channels_last=True, channel_dim=1,
+         about="ConvNeXt stage-1 activation, channels_last, LayerScale on dim 1"),
 ]
 SIZES: Dict[str, Size] = {s.name: s for s in _SIZE_LIST}
 
@@ -86,8 +92,9 @@ DTYPES: Dict[str, Tuple[torch.dtype, torch.dtype]] = {
 #: fwd-nograd: forward in training mode with inputs not requiring grad.
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd-nograd")
 DEFAULT_MODES = ("fwd", "bwd", "fwd+bwd")
-#: drop_path_add: residual + drop_path(branch); drop_path: drop_path(x) alone.
-OPS = ("drop_path_add", "drop_path")
+#: drop_path_add: residual + drop_path(branch); drop_path: drop_path(x) alone;
+#: drop_path_add_ls: residual + drop_path(gamma * branch) (LayerScale, issue 13; opt-in).
+OPS = ("drop_path_add", "drop_path", "drop_path_add_ls")
 #: ops: the op suite; e2e: ViT-B block training step; blocks: skip-path block suite; models: real timm
 #: models' training steps, eager vs sdkernels.convert (eager and compiled); train: a small ViT trained on
 #: scikit-learn's digits, eager vs convert (accuracy).  "all" runs every one of them.
@@ -141,6 +148,10 @@ _GPU_DEFAULT = [
     ("resnet50-cl", "bf16"),
 ]
 _QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]
+# LayerScale (issue 13): ViT-B tokens (gamma on the last dim) and ConvNeXt stage 1 channels_last.
+_LS_CPU = [("vit-b", "fp32"), ("vit-b", "bf16"), ("convnext-s1-cl", "fp32")]
+_LS_GPU = [("vit-b", "fp32"), ("vit-b", "bf16"), ("convnext-s1-cl", "bf16"), ("convnext-s1-cl", "fp32")]
+_LS_QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]
 
 
 def default_cases(device: str, quick: bool = False) -> List[Case]:
@@ -150,6 +161,15 @@ def default_cases(device: str, quick: bool = False) -> List[Case]:
     else:
         pairs = _GPU_DEFAULT if device == "cuda" else _CPU_DEFAULT
     return [Case(SIZES[s], d) for s, d in pairs]
+
+
+def cases_for_op(op: str, device: str, sizes: Sequence[str] = None, dtypes: Sequence[str] = None,
+                 quick: bool = False) -> List[Case]:
+    """The cases of ``op``: :func:`cases_from`, but ``drop_path_add_ls`` has its own defaults."""
+    if op == "drop_path_add_ls" and not sizes and not dtypes:
+        pairs = _LS_QUICK if quick else (_LS_GPU if device == "cuda" else _LS_CPU)
+        return [Case(SIZES[s], d) for s, d in pairs]
+    return cases_from(device, sizes, dtypes, quick)
 
 
 def cases_from(device: str, sizes: Sequence[str] = None, dtypes: Sequence[str] = None, quick: bool = False) -> List[Case]:

@@ -383,11 +383,13 @@ def _drop_path_ls(x, p, training, mode, scale_by_keep, sample_dim, generator, la
 
 
 def timm_layer_scale_drop_path_add(residual: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, p: float,
-                                   channel_dim: int = -1, training: bool = True) -> torch.Tensor:
+                                   channel_dim: int = -1, sample_dim: int = 0, training: bool = True) -> torch.Tensor:
     """Eager timm LayerScale, then drop path, then the add (the baseline of the LayerScale ops).
 
     ``residual + timm_drop_path(branch * gamma_view, p)``: three kernels forward
-    (seven tensors of traffic), as timm's ``x + self.drop_path(self.ls(y))``.
+    (seven tensors of traffic), as timm's ``x + self.drop_path(self.ls(y))``;
+    samples along ``sample_dim`` (moved to the front for timm's mask: a view).
     """
     ls = branch * layer_scale_view(gamma, branch.dim(), channel_dim)
-    return residual + timm_drop_path(ls, p, training)
+    dp = timm_drop_path(ls if sample_dim == 0 else ls.movedim(sample_dim, 0), p, training)
+    return residual + (dp if sample_dim == 0 else dp.movedim(0, sample_dim))

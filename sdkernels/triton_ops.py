@@ -106,6 +106,17 @@ def _check_float(t: torch.Tensor, name: str) -> None:
         raise TypeError(f"sdkernels: {name} must be a float16, bfloat16, float32 or float64 tensor, got {t.dtype}")
 
 
+def _check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Both floating-point, of one shape, on one device (the C++ ops' messages)."""
+    _check_float(a, name_a)
+    _check_float(b, name_b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"sdkernels: {name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"sdkernels: {name_a} is on {a.device} but {name_b} is on {b.device}")
+
+
 def _wrap_dim(sample_dim: int, ndim: int) -> int:
     if ndim < 1:
         raise IndexError("sdkernels: a 0-dim tensor has no sample dim")
@@ -140,14 +151,7 @@ def _in_layout_of(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def _residual_add_impl(residual, branch, scale, sample_dim, alpha, wrap):
     """The body of ``scaled_residual_add_triton``; ``wrap`` is :func:`_wrap` in the op, identity in the fast path."""
-    _check_float(residual, "residual")
-    _check_float(branch, "branch")
-    if residual.shape != branch.shape:
-        raise ValueError(
-            f"sdkernels: residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}"
-        )
-    if residual.device != branch.device:
-        raise ValueError(f"sdkernels: residual is on {residual.device} but branch is on {branch.device}")
+    _check_pair(residual, branch, "residual", "branch")
     _check_device(residual)
     dim = _wrap_dim(sample_dim, residual.dim())
     sc = _checked_scale(scale, residual.shape[dim], residual.device)
@@ -365,14 +369,7 @@ def _ls_dims(x: torch.Tensor, scale, sample_dim: int, channel_dim: int):
 
 
 def _residual_add_ls_impl(residual, branch, scale, gamma, sample_dim, channel_dim, alpha, wrap):
-    _check_float(residual, "residual")
-    _check_float(branch, "branch")
-    if residual.shape != branch.shape:
-        raise ValueError(
-            f"sdkernels: residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}"
-        )
-    if residual.device != branch.device:
-        raise ValueError(f"sdkernels: residual is on {residual.device} but branch is on {branch.device}")
+    _check_pair(residual, branch, "residual", "branch")
     dim, cd, sc = _ls_dims(residual, scale, sample_dim, channel_dim)
     out = ops.out_like_ls(residual, branch, gamma)
     g = _checked_gamma(gamma, residual.shape[cd], residual.device, _acc(out.dtype))
@@ -403,13 +400,7 @@ def _sample_scale_ls_impl(x, scale, gamma, sample_dim, channel_dim, alpha, dtype
 
 
 def _layer_scale_grads_impl(grad, branch, scale, gamma, sample_dim, channel_dim, alpha, wrap):
-    _check_float(grad, "grad")
-    _check_float(branch, "branch")
-    if grad.shape != branch.shape:
-        raise ValueError(
-            f"sdkernels: grad and branch must have the same shape, got {tuple(grad.shape)} and {tuple(branch.shape)}")
-    if grad.device != branch.device:
-        raise ValueError(f"sdkernels: grad is on {grad.device} but branch is on {branch.device}")
+    _check_pair(grad, branch, "grad", "branch")
     dim, cd, sc = _ls_dims(grad, scale, sample_dim, channel_dim)
     acc = _acc(grad.dtype, branch.dtype, gamma.dtype)
     g = _checked_gamma(gamma, grad.shape[cd], grad.device, acc)

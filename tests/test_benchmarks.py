@@ -397,3 +397,48 @@ def test_gpu_check_rejects_unknown_flag():
     res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--bogus"],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "--dry-run" in res.stderr
+
+
+# ---- LayerScale rows (issue 13) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_bytes_layer_scale(p):
+    q = 1 - p
+    mb = lambda prov, mode, d=(F32, F32, F32): P.moved_bytes(prov, "drop_path_add_ls", mode, N, d, p, "cuda")  # noqa: E731
+    # fused: the same as without LayerScale forward; backward reads grad and branch on kept rows only
+    assert mb("sdk-cuda", "fwd") == pytest.approx(N * 4 * (2 + q))
+    assert mb("sdk-triton", "bwd") == pytest.approx(N * 4 * (1 + 2 * q))
+    # eager timm: LayerScale, mask, add = 7 tensors forward; 8 backward
+    assert mb("eager_timm", "fwd") == pytest.approx(7 * N * 4)
+    assert mb("eager_timm", "bwd") == pytest.approx(8 * N * 4)
+    assert mb("compile", "fwd") == pytest.approx(3 * N * 4)
+    assert mb("compile", "bwd") == pytest.approx(3 * N * 4)
+    assert mb("eager_timm", "fwd", (BF16,) * 3) == pytest.approx(7 * N * 2)
+    # autocast: fp32 residual and gamma, bf16 branch: eager's product is fp32
+    d = (F32, BF16, F32)
+    assert mb("sdk-cuda", "fwd", d) == pytest.approx(N * (4 + 4 + q * 2))
+    assert mb("eager_timm", "fwd", d) == pytest.approx(N * (2 + 4 + 8 + 4 + 4 + 4))
+
+
+def test_layer_scale_cases_and_rows():
+    cpu = [c.name for c in S.cases_for_op("drop_path_add_ls", "cpu")]
+    assert cpu == ["vit-b/fp32", "vit-b/bf16", "convnext-s1-cl/fp32"]
+    cl = S.SIZES["convnext-s1-cl"]
+    assert cl.shape == (64, 96, 56, 56) and cl.channels_last and cl.channel_dim == 1
+    assert "convnext-s1-cl/bf16" in [c.name for c in S.cases_for_op("drop_path_add_ls", "cuda")]
+    assert S.cases_for_op("drop_path_add", "cpu") == S.cases_from("cpu")
+    small = S.Case(S.Size("tiny-cl", (4, 6, 3, 5), channels_last=True, channel_dim=1), "fp32")
+    plans = opsuite.plan_ops(["drop_path_add_ls"], {"drop_path_add_ls": [small]},
+                             ["eager_timm", "eager_tv", "sdk-cpu", "add"], ["fwd", "bwd"], [0.5])
+    rows = opsuite.run_ops(plans, "cpu", repeats=1)
+    by = {(r["provider"], r["mode"]): r for r in rows}
+    assert by[("eager_tv", "fwd")]["status"] == "skipped"
+    for key in (("eager_timm", "fwd"), ("eager_timm", "bwd"), ("sdk-cpu", "fwd"), ("sdk-cpu", "bwd"), ("add", "fwd")):
+        assert by[key]["status"] == "ok" and by[key]["time_ms"] > 0, by[key]
+    # the eager baseline and the fused op agree under one seed (the same samples dropped)
+    x = opsuite._Inputs("drop_path_add_ls", small, "cpu")
+    torch.manual_seed(3)
+    a = P.make_forward("eager_timm", "drop_path_add_ls", 0.5, 0, 1)(x.residual, x.branch, x.gamma)
+    torch.manual_seed(3)
+    b = P.make_forward("sdk-cpu", "drop_path_add_ls", 0.5, 0, 1)(x.residual, x.branch, x.gamma)
+    assert torch.equal(a, b)

@@ -7,7 +7,7 @@ The ops (``csrc/ops.cpp``, spec in ``sdkernels/reference.py``)::
     layer_scale_grads:      grad_branch = (grad * gamma[c]) * m[s], grad_gamma[c] = sum (grad * m[s]) * branch
 
 with ``m[s] = scale[s] * alpha``, each multiply and the add rounded separately
-(``mul_rn`` / ``add_rn``: no FMA contraction, so fp32 results are bit for
+(PTX ``mul.rn`` / ``add.rn``: no FMA contraction, no flush to zero, so fp32 results are bit for
 bit eager timm's), math in fp32 (fp64 when ``ACC64``), 64-bit offsets.
 
 Row view (the rule of ``csrc/common/layer_scale.h``, :func:`ls_view`): the
@@ -45,19 +45,22 @@ _MAX_COLS = 4096
 #: Programs of the gamma_cols backward grid (a few per SM of an H100/H200; the interpreter uses few).
 MAX_PROGRAMS = 4 if INTERPRET else 528
 
-if not INTERPRET:
-    from triton.language.extra import libdevice as _libdevice
-else:  # the interpreter's numpy arithmetic rounds every operation already
-    _libdevice = None
 
-
+# a * b and a + b each rounded once: PTX mul.rn / add.rn, which ptxas never contracts into an FMA
+# (a plain `*` followed by `+` may become one), and without .ftz (libdevice's mul_rn flushes denormals
+# under Triton's FTZ setting, eager torch does not).  The interpreter's numpy rounds each operation.
 @triton.jit
 def _mul(a, b):
-    """a * b rounded once (never contracted into an FMA with a following add)."""
     if _INTERP:
         return a * b
     else:
-        return _libdevice.mul_rn(a, b)
+        x, y = tl.broadcast(a, b)
+        if x.dtype == tl.float64:
+            return tl.inline_asm_elementwise("mul.rn.f64 $0, $1, $2;", "=d,d,d", [x, y], dtype=tl.float64,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [x, y], dtype=tl.float32,
+                                             is_pure=True, pack=1)
 
 
 @triton.jit
@@ -65,7 +68,13 @@ def _add(a, b):
     if _INTERP:
         return a + b
     else:
-        return _libdevice.add_rn(a, b)
+        x, y = tl.broadcast(a, b)
+        if x.dtype == tl.float64:
+            return tl.inline_asm_elementwise("add.rn.f64 $0, $1, $2;", "=d,d,d", [x, y], dtype=tl.float64,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("add.rn.f32 $0, $1, $2;", "=f,f,f", [x, y], dtype=tl.float32,
+                                             is_pure=True, pack=1)
 
 
 @triton.jit
@@ -83,11 +92,9 @@ def _row_factors(scale_ptr, gamma_ptr, rws, cols, row_ok, col_ok, s_div, n, c_di
 
 
 @triton.jit
-def _ls_add_kernel(
-    out_ptr, res_ptr, br_ptr, scale_ptr, gamma_ptr, a_hi, a_mid, a_lo,
-    rows, L, s_div, n, c_div, C, ncb,
-    ROWS: tl.constexpr, COLS: tl.constexpr, GAMMA_COLS: tl.constexpr, ACC64: tl.constexpr,
-):
+def _tile(scale_ptr, gamma_ptr, a_hi, a_mid, a_lo, rows, L, s_div, n, c_div, C, ncb,
+          ROWS: tl.constexpr, COLS: tl.constexpr, GAMMA_COLS: tl.constexpr, ACC64: tl.constexpr):
+    """This program's ROWS x COLS tile of the forward grid (row-block major): offsets, mask and factors."""
     pid = tl.program_id(0)
     rb = pid // ncb
     cb = pid - rb * ncb
@@ -97,8 +104,17 @@ def _ls_add_kernel(
     col_ok = cols < L
     kept, m, g = _row_factors(scale_ptr, gamma_ptr, rws, cols, row_ok, col_ok, s_div, n, c_div, C,
                               a_hi, a_mid, a_lo, GAMMA_COLS, ACC64)
-    offs = rws[:, None] * L + cols[None, :]
-    mask = row_ok[:, None] & col_ok[None, :]
+    return rws[:, None] * L + cols[None, :], row_ok[:, None] & col_ok[None, :], kept, m, g
+
+
+@triton.jit
+def _ls_add_kernel(
+    out_ptr, res_ptr, br_ptr, scale_ptr, gamma_ptr, a_hi, a_mid, a_lo,
+    rows, L, s_div, n, c_div, C, ncb,
+    ROWS: tl.constexpr, COLS: tl.constexpr, GAMMA_COLS: tl.constexpr, ACC64: tl.constexpr,
+):
+    offs, mask, kept, m, g = _tile(scale_ptr, gamma_ptr, a_hi, a_mid, a_lo, rows, L, s_div, n, c_div, C, ncb,
+                                   ROWS, COLS, GAMMA_COLS, ACC64)
     r = _to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
     b = _to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     o = tl.where(kept[:, None], _add(r, _mul(_mul(b, g), m)), r)
@@ -111,17 +127,8 @@ def _ls_scale_kernel(
     rows, L, s_div, n, c_div, C, ncb,
     ROWS: tl.constexpr, COLS: tl.constexpr, GAMMA_COLS: tl.constexpr, ACC64: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rb = pid // ncb
-    cb = pid - rb * ncb
-    rws = rb.to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = cb.to(tl.int64) * COLS + tl.arange(0, COLS)
-    row_ok = rws < rows
-    col_ok = cols < L
-    kept, m, g = _row_factors(scale_ptr, gamma_ptr, rws, cols, row_ok, col_ok, s_div, n, c_div, C,
-                              a_hi, a_mid, a_lo, GAMMA_COLS, ACC64)
-    offs = rws[:, None] * L + cols[None, :]
-    mask = row_ok[:, None] & col_ok[None, :]
+    offs, mask, kept, m, g = _tile(scale_ptr, gamma_ptr, a_hi, a_mid, a_lo, rows, L, s_div, n, c_div, C, ncb,
+                                   ROWS, COLS, GAMMA_COLS, ACC64)
     x = _to_acc(tl.load(x_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     o = tl.where(kept[:, None], _mul(_mul(x, g), m), 0.0)
     tl.store(out_ptr + offs, _to_out(o, out_ptr.dtype.element_ty), mask=mask)
