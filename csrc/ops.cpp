@@ -66,6 +66,14 @@ TORCH_LIBRARY(sdkernels, m) {
   m.def(
       "layer_scale_grads(Tensor grad, Tensor branch, Tensor scale, Tensor gamma, int sample_dim, "
       "int channel_dim, float alpha=1.0) -> (Tensor, Tensor)");
+  // Test hooks (csrc/cpu/index_math_hooks.cpp, tests/test_layer_scale_index.py): the CUDA
+  // LayerScale kernels' index math run on the host.
+  m.def(
+      "_index_emulate_ch(int numel, int inner, int n, int K, int C, int vec, bool aligned, "
+      "int nblocks, int nthreads) -> Tensor[]");
+  m.def(
+      "_index_ls_cols(int numel, int inner, int n, int K, int C, int vec, int nthreads, "
+      "int max_blocks) -> Tensor[]");
 
   // ---- test hooks: host-run copies of the CUDA kernels' index math --------
   // (defined by csrc/cpu/index_math_hooks.cpp; see tests/test_index_math.py)

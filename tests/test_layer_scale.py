@@ -500,10 +500,9 @@ def _op_cases(device):
                       ("tokens", (torch.float64,) * 3), ("channels_last", (torch.float32,) * 3),
                       ("nchw", (torch.float32, torch.float32, torch.bfloat16)), ("seq_first", (torch.float32,) * 3),
                       ("channel_outer", (torch.float32,) * 3)]:
-        if True:
-            r, b, g, sd, cd = _inputs(_layout(name), *dts, device)
-            keep = (torch.arange(r.shape[sd], device=device) % 3 != 1).float()
-            yield (r.requires_grad_(dts[0] != torch.bfloat16), b.requires_grad_(), g.requires_grad_(), keep, sd, cd)
+        r, b, g, sd, cd = _inputs(_layout(name), *dts, device)
+        keep = (torch.arange(r.shape[sd], device=device) % 3 != 1).float()
+        yield (r.requires_grad_(dts[0] != torch.bfloat16), b.requires_grad_(), g.requires_grad_(), keep, sd, cd)
 
 
 @pytest.mark.skipif(not HAS_EXT, reason="compiled extension missing")
@@ -626,3 +625,85 @@ def test_skip_path_with_layer_scale(device_backend, count):
         assert_close(a, e, rtol=1e-4, atol=1e-4)
     ev = sdkernels.drop_path_residual(x, lin, 0.4, training=False, layer_scale=g, backend=backend)
     assert torch.equal(ev, x + lin(x) * g)
+
+
+# ---- CUDA and Triton on a GPU (skipped here) ----------------------------------------------------
+
+_CUDA_LS = HAS_EXT and sdkernels._ext.has_kernel("scaled_residual_add_ls", "CUDA")
+
+
+def _gpu_backends():
+    return [b for b in ("cuda", "triton") if b in sdkernels.available_backends()]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _CUDA_LS), reason="needs a CUDA device and the CUDA kernels")
+@pytest.mark.parametrize("shape,sd,cd,cl", [((64, 197, 768), 0, -1, False), ((8, 96, 56, 56), 0, 1, True),
+                                            ((8, 96, 56, 56), 0, 1, False), ((256, 8, 1024), 1, -1, False),
+                                            ((3, 7, 49), 1, 0, False), ((2, 1, 3000), 0, -1, False)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("offset", [0, 1])
+def test_gpu_model_shapes_bitwise_and_misaligned(shape, sd, cd, cl, dtype, offset):
+    """fp32 results equal the reference bit for bit (mul.rn/add.rn, no FMA); odd storage offsets take the
+    scalar paths; gamma's gradient over many programs and row groups."""
+    n = 1
+    for s in shape:
+        n *= s
+
+    def make(seed):
+        t = _rand((n + offset,), dtype, seed, "cuda")[offset:].view(shape)
+        return t.contiguous(memory_format=torch.channels_last) if cl and offset == 0 else t
+
+    r, b, go = make(1), make(2), make(3)
+    g = _gamma(shape[cd], torch.float32, 4, "cuda")
+    keep = (torch.arange(shape[sd], device="cuda") % 4 != 1).float()
+    for backend in _gpu_backends():
+        be = _be(backend)
+        out = be.residual_add_ls(r, b, keep, g, sd, cd, 1 / 0.9)
+        exp = R.scaled_residual_add_ls(r, b, keep, g, sd, cd, 1 / 0.9)
+        gb, gg = _grads_op(backend)(go.to(out.dtype), b, keep, g, sd, cd, 1 / 0.9)
+        if dtype == torch.float32:
+            assert torch.equal(out, exp), backend
+            assert torch.equal(gb, R.sample_scale_ls(go, keep, g, sd, cd, 1 / 0.9, dtype)), backend
+        else:
+            assert_close(out, exp)
+            assert_close(gb, R.sample_scale_ls(go.to(out.dtype), keep, g, sd, cd, 1 / 0.9, dtype))
+        _reduction_check(gg, go.to(out.dtype), b, keep, g, sd, cd, 1 / 0.9)
+        again = _grads_op(backend)(go.to(out.dtype), b, keep, g, sd, cd, 1 / 0.9)[1]
+        assert torch.equal(again, gg), "deterministic"
+
+
+
+# Mangled-name fragments of the CUDA LayerScale kernels whose vector paths must be 128-bit.
+LS_VECTOR_KERNELS = {
+    "add fp32": "residual_add_ls_kernelIffffLi4E",
+    "add bf16": "residual_add_ls_kernelIN3c108BFloat16ES3_S3_fLi8E",
+    "scale bf16": "sample_scale_ls_kernelIN3c108BFloat16ES3_fLi8E",
+    "grads cols fp32": "ls_grads_cols_kernelIfffLi4E",
+    "grads rows bf16": "ls_grads_rows_kernelIN3c108BFloat16ES3_fLi8E",
+}
+
+
+def test_cuda_layer_scale_kernels_use_128_bit_accesses():
+    """Read from the SASS of a CUDA build (no GPU needed): LDG.E.128 / STG.E.128 in the vector paths."""
+    import subprocess
+
+    if not _CUDA_LS:
+        pytest.skip("the extension was built without CUDA kernels")
+    from test_cuda_kernels import _cuobjdump
+
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found")
+    from sdkernels import _C
+
+    res = subprocess.run([tool, "-sass", _C.__file__], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 or "Function :" not in res.stdout:
+        pytest.skip(f"cuobjdump could not read SASS: {res.stderr.strip()[:200]}")
+    funcs = res.stdout.split("Function : ")[1:]
+    for what, frag in LS_VECTOR_KERNELS.items():
+        bodies = [f for f in funcs if frag in f.split("\n", 1)[0]]
+        assert bodies, f"kernel {what} ({frag}) not found"
+        for body in bodies:
+            assert "LDG.E.128" in body and "STG.E.128" in body, what
+            assert "FFMA" not in body or what.startswith("grads"), f"{what}: a multiply-add was fused"

@@ -54,22 +54,18 @@ def test_many_programs(monkeypatch, shape, sd, cd):
     monkeypatch.setattr(LS, "_TILE", 16)
     monkeypatch.setattr(LS, "_MAX_COLS", 8)
     monkeypatch.setattr(LS, "MAX_PROGRAMS", 64)
-    LS.ls_launch_params.cache_clear()
-    try:
-        r, b, go = (_rand(shape, torch.float32, s, "cpu") for s in (1, 2, 3))
-        g = _gamma(shape[cd], torch.float32, 4, "cpu")
-        keep = (torch.arange(shape[sd]) % 3 != 1).float()
-        assert_close(T.scaled_residual_add_ls(r, b, keep, g, sd, cd, 1.5),
-                     R.scaled_residual_add_ls(r, b, keep, g, sd, cd, 1.5))
-        assert_close(T.sample_scale_ls(b, keep, g, sd, cd, 1.5, None), R.sample_scale_ls(b, keep, g, sd, cd, 1.5))
-        gb, gg = T.layer_scale_grads(go, b, keep, g, sd, cd, 1.5)
-        assert_close(gb, R.sample_scale_ls(go, keep, g, sd, cd, 1.5, torch.float32))
-        _reduction_check(gg, go, b, keep, g, sd, cd, 1.5)
-        v = LS.ls_view(torch.empty(shape), sd % len(shape), cd % len(shape), keep.numel())
-        lp = LS.ls_launch_params(v.rows, v.L, True, v.gamma_cols)
-        assert lp.grid > 1
-    finally:
-        LS.ls_launch_params.cache_clear()
+    r, b, go = (_rand(shape, torch.float32, s, "cpu") for s in (1, 2, 3))
+    g = _gamma(shape[cd], torch.float32, 4, "cpu")
+    keep = (torch.arange(shape[sd]) % 3 != 1).float()
+    assert_close(T.scaled_residual_add_ls(r, b, keep, g, sd, cd, 1.5),
+                 R.scaled_residual_add_ls(r, b, keep, g, sd, cd, 1.5))
+    assert_close(T.sample_scale_ls(b, keep, g, sd, cd, 1.5, None), R.sample_scale_ls(b, keep, g, sd, cd, 1.5))
+    gb, gg = T.layer_scale_grads(go, b, keep, g, sd, cd, 1.5)
+    assert_close(gb, R.sample_scale_ls(go, keep, g, sd, cd, 1.5, torch.float32))
+    _reduction_check(gg, go, b, keep, g, sd, cd, 1.5)
+    v = LS.ls_view(torch.empty(shape), sd % len(shape), cd % len(shape), keep.numel())
+    lp = LS.ls_launch_params(v.rows, v.L, True, v.gamma_cols)
+    assert lp.grid > 1
 
 
 def test_row_view_matches_index_math():

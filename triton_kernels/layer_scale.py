@@ -269,9 +269,20 @@ class LsLaunch:
     rows_per_group: int = 0
 
 
-@functools.lru_cache(maxsize=512)
 def ls_launch_params(rows: int, L: int, backward: bool, gamma_cols: bool) -> LsLaunch:
-    """Tile and grid of a launch over ``[rows, L]`` (cached: a launch costs host time)."""
+    """Tile and grid of a launch over ``[rows, L]`` (cached for plain ints: a launch costs host time)."""
+    if type(rows) is int and type(L) is int:  # not SymInts (tracing with dynamic shapes): unhashable there
+        return _cached_params(rows, L, backward, gamma_cols, _TILE, _MAX_COLS, MAX_PROGRAMS)
+    return _params(rows, L, backward, gamma_cols)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_params(rows, L, backward, gamma_cols, _tile, _max_cols, _max_programs) -> LsLaunch:
+    # The module constants are part of the key: tests patch them.
+    return _params(rows, L, backward, gamma_cols)
+
+
+def _params(rows, L, backward: bool, gamma_cols: bool) -> LsLaunch:
     if backward and not gamma_cols:  # a program per ROWS rows, looping over the columns
         cols = min(_next_pow2(L), 1024)
         rt = max(1, min(_TILE // cols, _next_pow2(rows)))

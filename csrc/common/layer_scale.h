@@ -159,9 +159,25 @@ SDK_HD_INLINE LsColsThread ls_cols_thread(const LsColsGrid& g, const LsRowView& 
 
 #include <string>
 
+#include "common/kernel_types.h"
 #include "common/sample_layout.h"
 
 namespace sdkernels {
+
+// f(O{}) for the output dtype of scaled_residual_add_ls with residual R, branch
+// B and some gamma: promote(R, B), float or double (a wider gamma promotes).
+template <typename R, typename B, typename F>
+void dispatch_ls_out(at::ScalarType out, const F& f) {
+  using P = typename promote<R, B>::type;
+  if (out == c10::CppTypeToScalarType<P>::value) {
+    f(P{});
+  } else if (out == at::kFloat) {
+    f(float{});
+  } else {
+    TORCH_INTERNAL_ASSERT(out == at::kDouble, "sdkernels: unexpected LayerScale output dtype");
+    f(double{});
+  }
+}
 
 inline int64_t wrap_channel_dim(int64_t channel_dim, int64_t ndim, int64_t sample_dim) {
   TORCH_CHECK_INDEX(channel_dim >= -ndim && channel_dim < ndim,

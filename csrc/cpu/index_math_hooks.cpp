@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/drop_path_index.h"
+#include "common/layer_scale.h"
 
 namespace sdkernels {
 namespace {
@@ -133,9 +134,85 @@ std::vector<at::Tensor> index_emulate(int64_t numel, int64_t inner, int64_t n, i
   return {to_tensor(vo), to_tensor(vs), to_tensor(eo), to_tensor(es)};
 }
 
+at::Tensor long_tensor(const std::vector<int64_t>& v) {
+  at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::kLong);
+  if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
+  return t;
+}
+
+// ---- LayerScale (issue 13) ----
+// The forward kernels' loop (visit_thread_ch) over a grid of nblocks x nthreads:
+// every element it touches, in visiting order, as [offsets, samples, channels],
+// the channel stepped along a vector as the kernels step it.
+std::vector<at::Tensor> index_emulate_ch(int64_t numel, int64_t inner, int64_t n, int64_t K, int64_t C,
+                                         int64_t vec, bool aligned, int64_t nblocks, int64_t nthreads) {
+  check_layout_args(numel, inner, n);
+  TORCH_CHECK_VALUE(K >= 1 && C >= 1 && vec >= 1 && nblocks >= 1 && nthreads >= 1, "bad arguments");
+  TORCH_CHECK_VALUE(numel <= (int64_t{1} << 24), "emulation too large");
+  const ix::GridPlan g = ix::plan_grid(ix::plan_vectors(numel, inner, n, vec, aligned), nblocks, nthreads);
+  const ix::ChannelGrid ch = ix::plan_channels(g, K, C);
+  std::vector<int64_t> off, smp, chan;
+  for (int64_t t = 0; t < nblocks * nthreads; ++t) {
+    ix::visit_thread_ch(
+        g, ch, t / nthreads, t % nthreads,
+        [&](int64_t o, int64_t s, ix::RowCursor cc) {
+          for (int64_t j = 0; j < g.v.vec; ++j) {
+            off.push_back(o + j);
+            smp.push_back(s);
+            chan.push_back(cc.s);
+            ix::cursor_next(cc, ch.K, ch.C);
+          }
+        },
+        [&](int64_t o, int64_t s, ix::RowCursor cc) {
+          off.push_back(o);
+          smp.push_back(s);
+          chan.push_back(cc.s);
+        });
+  }
+  return {long_tensor(off), long_tensor(smp), long_tensor(chan)};
+}
+
+// The backward's gamma-per-column grid (plan_ls_rows, plan_ls_cols,
+// ls_cols_thread, the row cursor) for a dense block: [element offsets visited,
+// their samples, their gamma index, partial slots written, grid (col_tiles,
+// groups, tx, ty)].  Empty lists when the view has gamma per row.
+std::vector<at::Tensor> index_ls_cols(int64_t numel, int64_t inner, int64_t n, int64_t K, int64_t C,
+                                      int64_t vec, int64_t nthreads, int64_t max_blocks) {
+  check_layout_args(numel, inner, n);
+  TORCH_CHECK_VALUE(numel >= 1 && numel <= (int64_t{1} << 24) && K >= 1 && C >= 1 && vec >= 1 &&
+                        nthreads >= 1 && max_blocks >= 1, "bad arguments");
+  const ix::LsRowView v = ix::plan_ls_rows(numel, inner, n, K, C);
+  std::vector<int64_t> off, smp, gam, slots, grid;
+  if (v.gamma_cols) {
+    const ix::LsColsGrid g = ix::plan_ls_cols(v, vec, nthreads, max_blocks);
+    grid = {g.col_tiles, g.groups, g.tx, g.ty};
+    for (int64_t by = 0; by < g.groups; ++by)
+      for (int64_t bx = 0; bx < g.col_tiles; ++bx)
+        for (int64_t t = 0; t < nthreads; ++t) {
+          const ix::LsColsThread th = ix::ls_cols_thread(g, v, bx, by, t);
+          if (!th.active) continue;
+          ix::RowCursor rc = ix::cursor_at(th.row0, v.s_div, v.n);
+          const ix::CursorStep step = ix::make_step(g.ty, v.s_div, v.n);
+          for (int64_t row = th.row0; row < th.row_end; row += g.ty) {
+            for (int64_t j = 0; j < vec && th.col0 + j < v.len; ++j) {
+              off.push_back(row * v.len + th.col0 + j);
+              smp.push_back(rc.s);
+              gam.push_back(th.col0 + j);
+            }
+            ix::cursor_advance(rc, step, v.s_div, v.n);
+          }
+          if (th.lane_y == 0)
+            for (int64_t j = 0; j < vec && th.col0 + j < v.len; ++j) slots.push_back(by * v.len + th.col0 + j);
+        }
+  }
+  return {long_tensor(off), long_tensor(smp), long_tensor(gam), long_tensor(slots), long_tensor(grid)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sdkernels, CompositeExplicitAutograd, m) {
+  m.impl("_index_emulate_ch", &index_emulate_ch);
+  m.impl("_index_ls_cols", &index_ls_cols);
   m.impl("_index_sample_of", &index_sample_of);
   m.impl("_index_vec_width", &index_vec_width);
   m.impl("_index_aligned", &index_aligned);

@@ -89,6 +89,8 @@ SDK_TARGET_AVX2 void ls_grad_cols_avx2(const G* __restrict gr, const B* __restri
 // (grad * m) * b, accumulated in 16 lanes (element k into lane k % 16) and
 // the lanes added in a fixed tree: the same bits whatever the thread count.
 constexpr int kLanes = 16;
+// Gamma per column is repeated to at least this many values (a few KB, L1-resident).
+constexpr int64_t kRepElems = 2048;
 #define SDK_LS_GRAD_ROW_BODY                                                  \
   acc_t lanes[kLanes] = {};                                                   \
   int64_t k0 = 0;                                                             \
@@ -152,29 +154,62 @@ struct Factors {
   c10::SmallVector<acc_t, 64> m;  // no heap allocation for up to 64 samples
   c10::SmallVector<char, 64> kept;
   const acc_t* g;
+  std::vector<acc_t> g_rep;  // gamma per column: gamma repeated to >= kRepElems values
   Factors(const LsPlan& P, double alpha) : g(P.gamma.const_data_ptr<acc_t>()) {
     multipliers<acc_t>(P.scale, alpha, m, kept);
+    if (P.view.gamma_cols) {
+      const int64_t reps = std::max<int64_t>(1, (kRepElems + P.view.C - 1) / P.view.C);
+      g_rep.resize(reps * P.view.C);
+      for (int64_t r = 0; r < reps; ++r) std::copy(g, g + P.view.C, g_rep.begin() + r * P.view.C);
+    }
   }
 };
+
+// Calls f(i, e, s, g, cols) for the pieces of [lo, hi) with one sample and one
+// stretch of gamma: cols, gamma per element (g[k] for element i + k; several
+// rows of one sample at once, through the repeated gamma, so a short row of C
+// channels costs no call of its own); else one gamma (*g) for the piece.
+template <typename acc_t, typename F>
+inline void for_each_ls_piece(const ix::LsRowView& v, const Factors<acc_t>& Fs, int64_t lo, int64_t hi,
+                              const F& f) {
+  if (!v.gamma_cols) {
+    for_each_view_row(v, lo, hi, [&](int64_t i, int64_t e, int64_t row) {
+      f(i, e, ix::row_sample(v, row), Fs.g + ix::row_channel(v, row), false);
+    });
+    return;
+  }
+  const int64_t block = v.n > 1 ? v.s_div * v.len : v.rows * v.len;  // one sample's elements
+  const int64_t rep = static_cast<int64_t>(Fs.g_rep.size());
+  int64_t i = lo;
+  while (i < hi) {
+    const int64_t b = i / block;
+    const int64_t s = v.n > 1 ? b % v.n : 0;
+    const int64_t bend = std::min((b + 1) * block, hi);
+    while (i < bend) {
+      const int64_t c = i % v.len;
+      const int64_t e = std::min(bend, i + rep - c);
+      f(i, e, s, Fs.g_rep.data() + c, true);
+      i = e;
+    }
+  }
+}
 
 template <typename R, typename B, typename O>
 void residual_add_ls_typed(const LsPlan& P, double alpha) {
   using acc_t = typename acc_of<R, B, O>::type;
   const Factors<acc_t> F(P, alpha);
-  const ix::LsRowView v = P.view;
   const bool avx2 = cpu_has_avx2();
   const R* rp = P.a.const_data_ptr<R>();
   const B* bp = P.b.const_data_ptr<B>();
   O* op = P.out.mutable_data_ptr<O>();
-  at::parallel_for(0, v.rows * v.len, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
-    for_each_view_row(v, lo, hi, [&](int64_t i, int64_t e, int64_t row) {
-      const int64_t s = ix::row_sample(v, row);
+  at::parallel_for(0, P.view.rows * P.view.len, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
+    for_each_ls_piece(P.view, F, lo, hi, [&](int64_t i, int64_t e, int64_t s, const acc_t* g, bool cols) {
       if (!F.kept[s]) {
         copy_convert<R, O, acc_t>(rp + i, op + i, e - i);
-      } else if (v.gamma_cols) {
-        ls_add_row<true>(rp + i, bp + i, F.g + (i - row * v.len), op + i, e - i, F.m[s], avx2);
+      } else if (cols) {
+        ls_add_row<true>(rp + i, bp + i, g, op + i, e - i, F.m[s], avx2);
       } else {
-        ls_add_row<false>(rp + i, bp + i, F.g + ix::row_channel(v, row), op + i, e - i, F.m[s], avx2);
+        ls_add_row<false>(rp + i, bp + i, g, op + i, e - i, F.m[s], avx2);
       }
     });
   });
@@ -184,19 +219,17 @@ template <typename X, typename O>
 void sample_scale_ls_typed(const LsPlan& P, double alpha) {
   using acc_t = typename acc_of<X, O>::type;
   const Factors<acc_t> F(P, alpha);
-  const ix::LsRowView v = P.view;
   const bool avx2 = cpu_has_avx2();
   const X* xp = P.a.const_data_ptr<X>();
   O* op = P.out.mutable_data_ptr<O>();
-  at::parallel_for(0, v.rows * v.len, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
-    for_each_view_row(v, lo, hi, [&](int64_t i, int64_t e, int64_t row) {
-      const int64_t s = ix::row_sample(v, row);
+  at::parallel_for(0, P.view.rows * P.view.len, at::internal::GRAIN_SIZE, [&](int64_t lo, int64_t hi) {
+    for_each_ls_piece(P.view, F, lo, hi, [&](int64_t i, int64_t e, int64_t s, const acc_t* g, bool cols) {
       if (!F.kept[s]) {
         std::memset(static_cast<void*>(op + i), 0, sizeof(O) * (e - i));
-      } else if (v.gamma_cols) {
-        ls_scale_row<true>(xp + i, F.g + (i - row * v.len), op + i, e - i, F.m[s], avx2);
+      } else if (cols) {
+        ls_scale_row<true>(xp + i, g, op + i, e - i, F.m[s], avx2);
       } else {
-        ls_scale_row<false>(xp + i, F.g + ix::row_channel(v, row), op + i, e - i, F.m[s], avx2);
+        ls_scale_row<false>(xp + i, g, op + i, e - i, F.m[s], avx2);
       }
     });
   });
@@ -283,21 +316,6 @@ at::Tensor layer_scale_grads_typed(const LsPlan& P, double alpha) {
 
 #define SDK_DISPATCH_FLOAT(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-// f(O{}) for the output dtype of residual R, branch B and some gamma:
-// promote(R, B), float or double.
-template <typename R, typename B, typename F>
-void dispatch_ls_out(at::ScalarType out, const F& f) {
-  using P = typename promote<R, B>::type;
-  if (out == c10::CppTypeToScalarType<P>::value) {
-    f(P{});
-  } else if (out == at::kFloat) {
-    f(float{});
-  } else {
-    TORCH_INTERNAL_ASSERT(out == at::kDouble, "sdkernels: unexpected LayerScale output dtype");
-    f(double{});
-  }
-}
 
 at::Tensor scaled_residual_add_ls_cpu(const at::Tensor& residual, const at::Tensor& branch,
                                       const at::Tensor& scale, const at::Tensor& gamma,

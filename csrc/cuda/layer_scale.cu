@@ -121,16 +121,22 @@ template <typename G, typename B, typename A, int VEC>
 __device__ __forceinline__ void grads_vec(const G* __restrict__ go, const B* __restrict__ br,
                                           B* __restrict__ gb, int64_t off, const A (&g)[VEC], A m,
                                           A (&acc)[VEC]) {
-  A gv[VEC], bv[VEC];
-  load_vec<VEC>(go + off, gv);
-  load_vec<VEC>(br + off, bv);
-  A out[VEC];
+  if constexpr (VEC == 1) {
+    const A gv = static_cast<A>(go[off]);
+    gb[off] = static_cast<B>(mul_rn(mul_rn(gv, g[0]), m));
+    acc[0] = add_rn(acc[0], mul_rn(mul_rn(gv, m), static_cast<A>(br[off])));
+  } else {
+    A gv[VEC], bv[VEC];
+    load_vec<VEC>(go + off, gv);
+    load_vec<VEC>(br + off, bv);
+    A out[VEC];
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) {
-    out[j] = mul_rn(mul_rn(gv[j], g[j]), m);
-    acc[j] = add_rn(acc[j], mul_rn(mul_rn(gv[j], m), bv[j]));
+    for (int j = 0; j < VEC; ++j) {
+      out[j] = mul_rn(mul_rn(gv[j], g[j]), m);
+      acc[j] = add_rn(acc[j], mul_rn(mul_rn(gv[j], m), bv[j]));
+    }
+    store_vec<VEC>(gb + off, out);
   }
-  store_vec<VEC>(gb + off, out);
 }
 
 template <typename G, typename B, typename A, int VEC>
@@ -342,20 +348,6 @@ at::Tensor launch_layer_scale_grads(const LsPlan& P, double alpha) {
 
 #define SDK_DISPATCH_FLOAT(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-// f(O{}) for the output dtype of residual R, branch B and some gamma: promote(R, B), float or double.
-template <typename R, typename B, typename F>
-void dispatch_ls_out(at::ScalarType out, const F& f) {
-  using P = typename promote<R, B>::type;
-  if (out == c10::CppTypeToScalarType<P>::value) {
-    f(P{});
-  } else if (out == at::kFloat) {
-    f(float{});
-  } else {
-    TORCH_INTERNAL_ASSERT(out == at::kDouble, "sdkernels: unexpected LayerScale output dtype");
-    f(double{});
-  }
-}
 
 at::Tensor scaled_residual_add_ls_cuda(const at::Tensor& residual, const at::Tensor& branch,
                                        const at::Tensor& scale, const at::Tensor& gamma, int64_t sample_dim,
