@@ -707,3 +707,33 @@ def test_cuda_layer_scale_kernels_use_128_bit_accesses():
         for body in bodies:
             assert "LDG.E.128" in body and "STG.E.128" in body, what
             assert "FFMA" not in body or what.startswith("grads"), f"{what}: a multiply-add was fused"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and "triton" in sdkernels.available_backends()),
+                    reason="needs a CUDA device and Triton")
+def test_triton_ops_on_cuda_opcheck_and_compile():
+    """The compiled Triton twins: opcheck, and torch.compile(fullgraph) of fwd+bwd (a fixed mask: on CUDA
+    inductor draws its own random numbers) against eager, bit for bit in fp32."""
+    from sdkernels import triton_ops as T
+
+    for r, b, g, keep, sd, cd in _op_cases("cuda"):
+        torch.library.opcheck(T.scaled_residual_add_ls, (r, b, keep, g, sd, cd, 1.25))
+        torch.library.opcheck(T.sample_scale_ls, (b, keep, g, sd, cd, 1.25, None))
+        go = torch.randn_like(r, dtype=torch.promote_types(r.dtype, g.dtype)).requires_grad_()
+        torch.library.opcheck(T.layer_scale_grads, (go, b, keep, g, sd, cd, 1.25))
+    torch._dynamo.reset()
+    r, b, g, sd, cd = _inputs(_layout("tokens"), torch.float32, torch.float32, torch.float32, "cuda")
+    r, b, g = (t.requires_grad_() for t in (r, b, g))
+    keep = (torch.arange(r.shape[sd], device="cuda") % 3 != 1).float()
+
+    def f(r, b, g):
+        return T.scaled_residual_add_ls(r, b, keep, g, sd, cd, 1 / 0.9)
+
+    eager = f(r, b, g)
+    comp = torch.compile(f, fullgraph=True)(r, b, g)
+    assert torch.equal(comp, eager)
+    go = torch.randn_like(eager)
+    got, want = torch.autograd.grad(comp, (r, b, g), go), torch.autograd.grad(eager, (r, b, g), go)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)  # inductor may sum the partials in its own order

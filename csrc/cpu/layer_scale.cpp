@@ -45,11 +45,13 @@ namespace ix = ::sdkernels::index;
     o[k] = from_acc<O, acc_t>((to_acc<acc_t>(x[k]) * g[kCols ? k : 0]) * m); \
   }
 // grad_branch = (grad * g) * m; the gamma partials of the row's columns += (grad * m) * b.
-#define SDK_LS_GRAD_COLS_BODY                                 \
-  for (int64_t k = 0; k < len; ++k) {                         \
-    const acc_t go = to_acc<acc_t>(gr[k]);                    \
-    o[k] = from_acc<B, acc_t>((go * g[k]) * m);               \
-    part[k] += (go * m) * to_acc<acc_t>(b[k]);                \
+// Two loops over the (L1-resident) row: each vectorises on its own, bf16 included.
+#define SDK_LS_GRAD_COLS_BODY                                             \
+  for (int64_t k = 0; k < len; ++k) {                                     \
+    o[k] = from_acc<B, acc_t>((to_acc<acc_t>(gr[k]) * g[k]) * m);         \
+  }                                                                       \
+  for (int64_t k = 0; k < len; ++k) {                                     \
+    part[k] += (to_acc<acc_t>(gr[k]) * m) * to_acc<acc_t>(b[k]);          \
   }
 
 template <bool kCols, typename R, typename B, typename O, typename acc_t>
