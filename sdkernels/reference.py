@@ -292,6 +292,11 @@ def _ls_factors(scale, gamma, like, sample_dim, channel_dim, alpha, acc):
     return s != 0, m, layer_scale_view(gamma.to(acc), nd, channel_dim)
 
 
+def _kept(t: torch.Tensor, kept: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``t`` in ``acc`` where kept, exact zeros where dropped (its values there, NaN included, unused)."""
+    return torch.where(kept, t.to(acc), torch.zeros((), dtype=acc, device=t.device))
+
+
 def scaled_residual_add_ls(
     residual: torch.Tensor,
     branch: torch.Tensor,
@@ -306,8 +311,7 @@ def scaled_residual_add_ls(
     acc = acc_dtype(residual.dtype, branch.dtype, gamma.dtype)
     kept, m, g = _ls_factors(scale, gamma, residual, sample_dim, channel_dim, alpha, acc)
     r = residual.to(acc)
-    b = torch.where(kept, branch.to(acc), torch.zeros((), dtype=acc, device=branch.device))
-    return torch.where(kept, r + (b * g) * m, r).to(out_dtype)
+    return torch.where(kept, r + (_kept(branch, kept, acc) * g) * m, r).to(out_dtype)
 
 
 def sample_scale_ls(
@@ -326,9 +330,7 @@ def sample_scale_ls(
     out_dtype = torch.promote_types(x.dtype, gamma.dtype) if dtype is None else dtype
     acc = acc_dtype(x.dtype, out_dtype, gamma.dtype)
     kept, m, g = _ls_factors(scale, gamma, x, sample_dim, channel_dim, alpha, acc)
-    zero = torch.zeros((), dtype=acc, device=x.device)
-    xs = torch.where(kept, x.to(acc), zero)
-    return torch.where(kept, (xs * g) * m, zero).to(out_dtype)
+    return _kept((_kept(x, kept, acc) * g) * m, kept, acc).to(out_dtype)
 
 
 def layer_scale_grads(
@@ -349,8 +351,7 @@ def layer_scale_grads(
     gb = sample_scale_ls(grad, scale, gamma, sample_dim, channel_dim, alpha, branch.dtype)
     acc = acc_dtype(grad.dtype, branch.dtype, gamma.dtype)
     kept, m, _ = _ls_factors(scale, gamma, grad, sample_dim, channel_dim, alpha, acc)
-    zero = torch.zeros((), dtype=acc, device=grad.device)
-    t = torch.where(kept, (grad.to(acc) * m) * torch.where(kept, branch.to(acc), zero), zero)
+    t = _kept((grad.to(acc) * m) * _kept(branch, kept, acc), kept, acc)
     cd = channel_dim % grad.dim()
     dims = [d for d in range(grad.dim()) if d != cd]
     gg = t.sum(dim=dims) if dims else t

@@ -591,7 +591,7 @@ def drop_path_residual(
             sample_dim=sample_dim, generator=generator, backend=backend, layer_scale=layer_scale,
             channel_dim=channel_dim), modules=("fn",))
     dim = functional._check_common(x, "x", p, mode, sample_dim, backend, generator)
-    gamma = None
+    gamma, cd = None, -1
     if layer_scale is not None:
         gamma, cd = functional._check_layer_scale(layer_scale, x, channel_dim, dim)
 

@@ -243,13 +243,7 @@ inline void plan_inputs(LsPlan& P, const at::Tensor& like, int64_t dim, int64_t 
 inline LsPlan plan_residual_add_ls(const at::Tensor& residual, const at::Tensor& branch,
                                    const at::Tensor& scale, const at::Tensor& gamma,
                                    int64_t sample_dim, int64_t channel_dim) {
-  check_float(residual, "residual");
-  check_float(branch, "branch");
-  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
-                    "sdkernels: residual and branch must have the same shape, got " +
-                        shape_str(residual.sizes()) + " and " + shape_str(branch.sizes()));
-  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
-                    residual.device(), " but branch is on ", branch.device());
+  check_pair(residual, branch, "residual", "branch");
   const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
   const int64_t cdim = wrap_channel_dim(channel_dim, residual.dim(), dim);
   check_gamma(gamma, residual.size(cdim), residual.device());
@@ -294,13 +288,7 @@ inline LsPlan plan_sample_scale_ls(const at::Tensor& x, const at::Tensor& scale,
 inline LsPlan plan_layer_scale_grads(const at::Tensor& grad, const at::Tensor& branch,
                                      const at::Tensor& scale, const at::Tensor& gamma,
                                      int64_t sample_dim, int64_t channel_dim) {
-  check_float(grad, "grad");
-  check_float(branch, "branch");
-  TORCH_CHECK_VALUE(grad.sizes() == branch.sizes(),
-                    "sdkernels: grad and branch must have the same shape, got " +
-                        shape_str(grad.sizes()) + " and " + shape_str(branch.sizes()));
-  TORCH_CHECK_VALUE(grad.device() == branch.device(), "sdkernels: grad is on ", grad.device(),
-                    " but branch is on ", branch.device());
+  check_pair(grad, branch, "grad", "branch");
   const int64_t dim = wrap_sample_dim(sample_dim, grad.dim());
   const int64_t cdim = wrap_channel_dim(channel_dim, grad.dim(), dim);
   check_gamma(gamma, grad.size(cdim), grad.device());

@@ -92,6 +92,17 @@ inline void check_float(const at::Tensor& t, const char* name) {
   check_float_dtype(t.scalar_type(), name);
 }
 
+// Two floating-point tensors of one shape on one device (the elementwise inputs of an op).
+inline void check_pair(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
+  check_float(a, name_a);
+  check_float(b, name_b);
+  TORCH_CHECK_VALUE(a.sizes() == b.sizes(), std::string("sdkernels: ") + name_a + " and " + name_b +
+                                                " must have the same shape, got " + shape_str(a.sizes()) +
+                                                " and " + shape_str(b.sizes()));
+  TORCH_CHECK_VALUE(a.device() == b.device(), "sdkernels: ", name_a, " is on ", a.device(), " but ", name_b,
+                    " is on ", b.device());
+}
+
 inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
                                 const at::Device& device) {
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble,
@@ -116,13 +127,7 @@ struct ResidualAddPlan {
 
 inline ResidualAddPlan plan_residual_add(const at::Tensor& residual, const at::Tensor& branch,
                                          const at::Tensor& scale, int64_t sample_dim) {
-  check_float(residual, "residual");
-  check_float(branch, "branch");
-  TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
-                    "sdkernels: residual and branch must have the same shape, got " +
-                        shape_str(residual.sizes()) + " and " + shape_str(branch.sizes()));
-  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on ",
-                    residual.device(), " but branch is on ", branch.device());
+  check_pair(residual, branch, "residual", "branch");
   const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
   ResidualAddPlan P;
   P.scale = checked_scale(scale, residual.size(dim), residual.device());
