@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import struct
 from typing import List, Optional, Tuple
 
 import torch
@@ -34,7 +33,6 @@ __all__ = [
     "torchvision_stochastic_depth",
     "drop_path_rates",
     # LayerScale (issue 13)
-    "keep_scale_as",
     "layer_scale_view",
     "scaled_residual_add_ls",
     "sample_scale_ls",
@@ -93,14 +91,19 @@ def keep_scale(p: float, scale_by_keep: bool, dtype: torch.dtype = torch.float32
     return _fp32_reciprocal(keep)
 
 
-def _to_fp32(v: float) -> float:
-    return struct.unpack("f", struct.pack("f", v))[0]
+def _round_f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (ties to even), for finite ``x`` in float32's normal range.
+
+    Plain float arithmetic (no struct, no tensor), so torch.compile folds it to a constant.
+    """
+    m, e = math.frexp(x)
+    return math.ldexp(round(m * 16777216.0) / 16777216.0, e)
 
 
 def _fp32_quotient(keep: float) -> float:
     # 1 / fp32(keep) in double, rounded once to fp32: the correctly rounded fp32 quotient (double has more
     # than 2 * 24 + 2 bits, so the double rounding is innocuous for a division).
-    return _to_fp32(1.0 / _to_fp32(keep))
+    return _round_f32(1.0 / _round_f32(keep))
 
 
 _fp32_reciprocal = functools.lru_cache(maxsize=256)(_fp32_quotient)  # a model has a few rates; every call needs one
@@ -249,32 +252,7 @@ def drop_path_rates(rate: float, depth: int) -> List[float]:
 # separately in the math dtype (fp32, fp64 when any tensor is fp64), the result
 # once to promote_types(residual, branch, gamma).  That is the order of eager
 # timm, ``x + drop_path(x_branch * gamma)``: with fp32 tensors and the
-# multiplier of :func:`keep_scale_as` it gives timm's bits exactly.
-
-
-def _round_f32(x: float) -> float:
-    """``x`` rounded to the nearest float32 (ties to even), for finite ``x`` in float32's normal range.
-
-    Plain float arithmetic (no struct, no tensor), so torch.compile folds it to a constant.
-    """
-    m, e = math.frexp(x)
-    return math.ldexp(round(m * 16777216.0) / 16777216.0, e)
-
-
-def keep_scale_as(p: float, scale_by_keep: bool, dtype: torch.dtype) -> float:
-    """The kept samples' multiplier for math in ``dtype``, exactly as eager timm's mask holds it.
-
-    timm divides its {0, 1} mask in place by ``keep_prob = 1 - p`` in the mask's
-    dtype.  In float64 that is ``1 / (1 - p)`` (:func:`keep_scale`); in float32 it
-    is ``fp32(1) / fp32(1 - p)`` correctly rounded, which differs from
-    ``fp32(1 / (1 - p))`` for about a quarter of the rates (p = 0.021, 0.025,
-    0.039, ..., rates a linear schedule produces; not 0.1 to 0.5).  Returned as
-    a Python float exact in ``dtype`` (float32 for anything but float64).
-    """
-    a = keep_scale(p, scale_by_keep)
-    if dtype == torch.float64 or a == 1.0:
-        return a
-    return _round_f32(1.0 / _round_f32(1.0 - p))
+# multiplier of :func:`keep_scale` it gives timm's bits exactly.
 
 
 def layer_scale_view(gamma: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
@@ -369,7 +347,7 @@ def _drop_path_add_ls(residual, branch, p, training, mode, scale_by_keep, sample
     keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(ls_dtype))
     acc = acc_dtype(residual.dtype, branch.dtype, gamma.dtype)
     return scaled_residual_add_ls(residual, branch, keep, gamma, dim, channel_dim,
-                                  keep_scale_as(p, scale_by_keep, acc))
+                                  keep_scale(p, scale_by_keep, acc))
 
 
 def _drop_path_ls(x, p, training, mode, scale_by_keep, sample_dim, generator, layer_scale, channel_dim):
@@ -380,7 +358,7 @@ def _drop_path_ls(x, p, training, mode, scale_by_keep, sample_dim, generator, la
     keep = draw_keep(x.shape[dim], p, mode, x.device, generator,
                      draw_dtype(torch.promote_types(x.dtype, gamma.dtype)))
     return sample_scale_ls(x, keep, gamma, dim, channel_dim,
-                           keep_scale_as(p, scale_by_keep, acc_dtype(x.dtype, gamma.dtype)))
+                           keep_scale(p, scale_by_keep, acc_dtype(x.dtype, gamma.dtype)))
 
 
 def timm_layer_scale_drop_path_add(residual: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, p: float,

@@ -320,7 +320,7 @@ def test_backward_matches_reference(device_backend, dts, layout, p):
     gr, gb, gg = torch.autograd.grad(out, (r, b, g), go)
     assert (gr.dtype, gb.dtype, gg.dtype) == dts and gg.shape == g.shape
     keep = R.draw_keep(r.shape[sd], p, "row", device, _gen(4, device), R.draw_dtype(torch.promote_types(dts[1], dts[2])))
-    alpha = R.keep_scale_as(p, True, R.acc_dtype(*dts))
+    alpha = R.keep_scale(p, True, R.acc_dtype(*dts))
     assert_close(gr, go.to(dts[0]))
     assert_close(gb, R.sample_scale_ls(go, keep, g.detach(), sd, cd, alpha, dts[1]))
     _reduction_check(gg, go, b.detach(), keep, g.detach(), sd, cd, alpha)
@@ -330,7 +330,7 @@ def test_backward_matches_reference(device_backend, dts, layout, p):
     gy = _rand(y.shape, y.dtype, 11, device)
     gx, gg2 = torch.autograd.grad(y, (x, g), gy)
     keep = R.draw_keep(r.shape[sd], p, "row", device, _gen(5, device), R.draw_dtype(torch.promote_types(dts[1], dts[2])))
-    alpha = R.keep_scale_as(p, True, R.acc_dtype(dts[1], dts[2]))
+    alpha = R.keep_scale(p, True, R.acc_dtype(dts[1], dts[2]))
     assert_close(gx, R.sample_scale_ls(gy, keep, g.detach(), sd, cd, alpha, dts[1]))
     _reduction_check(gg2, gy, x.detach(), keep, g.detach(), sd, cd, alpha)
 
