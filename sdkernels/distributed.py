@@ -82,6 +82,49 @@ def _index_scale(grad, index, sample_dim, alpha, dtype=None):
     return _sample_op_rules(grad, index, sample_dim, 3, (True,), False)
 
 
+# ---- LayerScale (issue 13): a per-channel gamma (1-D at the op level) besides the per-sample scale --------
+# Shard(channel_dim) shards gamma alike (Shard(0)); gamma's gradient, a sum over every dim but the channel,
+# is Partial when another dim is sharded.
+
+def _ls_rules(x, scale, sample_dim, channel_dim, n_act: int, n_extra: int, grads: bool, linear: bool):
+    R, S, P = _placements()
+    nd = x.ndim
+    sd, cd = _wrap(sample_dim, nd), _wrap(channel_dim, nd)
+    tail = [None] * n_extra
+    one_scale = len(scale.shape) >= 1 and scale.shape[0] == 1
+
+    def rule(act, scale_p, gamma_p, gamma_grad):
+        outs = [act, gamma_grad] if grads else [act]
+        return outs, [act] * n_act + [scale_p, gamma_p] + tail
+
+    rules = [rule(R, R, R, R)]
+    for d in range(nd):
+        if d == cd:
+            rules.append(rule(S(d), R, S(0), S(0)))
+        elif d == sd:
+            rules.append(rule(S(d), R if one_scale else S(0), R, P))
+        else:
+            rules.append(rule(S(d), R, R, P))
+    if linear:  # in the activations jointly (gamma and the scale replicated); its gamma gradient too
+        rules.append(rule(P, R, R, P))
+    return rules
+
+
+def _residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim, alpha=1.0):
+    return _ls_rules(residual, scale, sample_dim, channel_dim, 2, 3, False, True)
+
+
+def _sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, alpha=1.0, dtype=None):
+    return _ls_rules(x, scale, sample_dim, channel_dim, 1, 4, False, True)
+
+
+def _layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim, alpha=1.0):
+    # (grad_branch, grad_gamma): both linear in grad alone, so a Partial grad with branch replicated
+    # gives Partial outputs; any sharding of grad and branch together as above.
+    R, _, P = _placements()
+    return _ls_rules(grad, scale, sample_dim, channel_dim, 2, 3, True, False) + [([P, P], [P, R, R, R, None, None, None])]
+
+
 #: op name (in the ``sdkernels`` namespace) -> its rule function.  Ops not built here are skipped.
 RULES: Dict[str, Callable] = {
     "scaled_residual_add": _residual_add,
@@ -92,6 +135,12 @@ RULES: Dict[str, Callable] = {
     "scaled_index_add_triton": _scaled_index_add,
     "index_scale": _index_scale,
     "index_scale_triton": _index_scale,
+    "scaled_residual_add_ls": _residual_add_ls,
+    "scaled_residual_add_ls_triton": _residual_add_ls,
+    "sample_scale_ls": _sample_scale_ls,
+    "sample_scale_ls_triton": _sample_scale_ls,
+    "layer_scale_grads": _layer_scale_grads,
+    "layer_scale_grads_triton": _layer_scale_grads,
 }
 
 

@@ -213,6 +213,8 @@ def _check_layer_scale(layer_scale, x: torch.Tensor, channel_dim, sample_dim: in
             f"shape broadcasting to {tuple(x.shape)} along channel_dim {channel_dim} only, got shape {gs}")
     if layer_scale.device != x.device:
         raise ValueError(f"layer_scale is on {layer_scale.device} but the tensors are on {x.device}")
+    if rng.is_dtensor(x) and not rng.is_dtensor(layer_scale):  # a plain parameter: the same on every rank
+        layer_scale = rng._replicated_agreed(layer_scale, x)
     return layer_scale.reshape(-1), cd
 
 
@@ -283,7 +285,7 @@ def drop_path_add(
 
     in fp32 (fp64 when any tensor is fp64), output dtype
     ``promote_types(residual, branch, gamma)``.  The multiplier is the one
-    timm's mask holds (:func:`sdkernels.reference.keep_scale_as`) and the mask
+    timm's mask holds (:func:`sdkernels.reference.keep_scale`) and the mask
     is drawn in the dtype of ``branch * gamma`` as timm draws it, so with fp32
     tensors the result is bit for bit eager timm's ``x + drop_path(ls(y))``
     under one seed.  In eval or at ``p == 0`` the result is the eager
@@ -315,7 +317,7 @@ def drop_path_add(
         if not training or p == 0.0:
             return residual + branch * reference.layer_scale_view(gamma, branch.dim(), cd)
         keep = _draw(branch, dim, p, mode, generator, torch.promote_types(branch.dtype, gamma.dtype))
-        alpha = reference.keep_scale_as(p, scale_by_keep, reference.acc_dtype(residual.dtype, branch.dtype, gamma.dtype))
+        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(residual.dtype, branch.dtype, gamma.dtype))
         return _ls_backend(be).residual_add_ls(residual, branch, keep, gamma, dim, cd, alpha)
     if not training or p == 0.0:
         return residual + branch
@@ -359,7 +361,7 @@ def drop_path(
         if not training or p == 0.0:
             return x * reference.layer_scale_view(gamma, x.dim(), cd)
         keep = _draw(x, dim, p, mode, generator, torch.promote_types(x.dtype, gamma.dtype))
-        alpha = reference.keep_scale_as(p, scale_by_keep, reference.acc_dtype(x.dtype, gamma.dtype))
+        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, gamma.dtype))
         return _ls_backend(be).sample_scale_ls(x, keep, gamma, dim, cd, alpha, None)
     if not training or p == 0.0:
         return x

@@ -233,16 +233,19 @@ def checkpoint_context_fn(*generators: torch.Generator):
 
 # ---- the draws ----------------------------------------------------------------------------------------
 
-def draw(x: torch.Tensor, dim: int, p: float, mode: str, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """The keep mask for the samples of ``x`` along ``dim`` (``x`` is the tensor timm would drop).
+def draw(x: torch.Tensor, dim: int, p: float, mode: str, generator: Optional[torch.Generator],
+         dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The keep mask for the samples of ``x`` along ``dim``.
 
     One value per sample (mode "row") or one for all ("batch"), zeros and ones in float32 (float64
-    for float64 ``x``).  A DTensor ``x`` gets a replicated DTensor mask over its global sample count;
-    with :func:`set_data_parallel_draws` a plain ``x`` gets its slice of the global batch's draw.
+    when the tensor timm would drop is float64: ``dtype``, by default ``x.dtype``; with LayerScale the
+    dtype of ``branch * gamma``).  A DTensor ``x`` gets a replicated DTensor mask over its global
+    sample count; with :func:`set_data_parallel_draws` a plain ``x`` gets its slice of the global
+    batch's draw.
     """
     _check_generator(generator)
     n = x.shape[dim] if mode == "row" else 1
-    dtype = reference.draw_dtype(x.dtype)
+    dtype = reference.draw_dtype(x.dtype if dtype is None else dtype)
     dtensor = is_dtensor(x)
     dp = _DATA_PARALLEL if (mode == "row" and not dtensor) else None
     if dp is None:

@@ -192,3 +192,54 @@ def test_compile_fullgraph_of_a_dtensor_call(mesh):
     got = torch.compile(f, fullgraph=True, backend="aot_eager")(rd, bd)
     assert got.placements == expect.placements
     assert_close(got.to_local(), expect.to_local())
+
+
+# ---- LayerScale ops (issue 13) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("pi", range(4))
+def test_layer_scale_ops_placements_and_values(mesh, pi):
+    """Shard(channel) shards gamma alike; gamma's gradient is Partial where another dim is sharded."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    place = _placements()[pi]
+    torch.manual_seed(20 + pi)
+    r, b, g = torch.randn(8, 6, 4), torch.randn(8, 6, 4), torch.randn(8, 6, 4)
+    gamma = torch.randn(4)
+    scale = torch.empty(8).bernoulli_(0.5)
+    rd, bd, gd = (_dt(t, mesh, place) for t in (r, b, g))
+    gamma_place = Shard(0) if place == Shard(2) else Replicate()
+    gam = _dt(gamma, mesh, gamma_place)
+    sd = sdkernels.rng._replicated_agreed(scale, rd)
+    out, counts = _comms(lambda: torch.ops.sdkernels.scaled_residual_add_ls(rd, bd, sd, gam, 0, 2, 2.0))
+    _no_gather(counts)
+    assert out.placements == (place,)
+    assert_close(out.to_local(), _local_slice(R.scaled_residual_add_ls(r, b, scale, gamma, 0, 2, 2.0), place))
+    (gb, gg), counts = _comms(lambda: torch.ops.sdkernels.layer_scale_grads(gd, bd, sd, gam, 0, 2, 2.0))
+    _no_gather(counts)
+    assert gb.placements == (place,)
+    assert gg.placements == ((Replicate(),) if place == Replicate() else (Shard(0),) if place == Shard(2)
+                             else (Partial(),))
+    # the local values: the reference on this rank's shard (a Partial holds this rank's addend)
+    gl, bl = _local_slice(g, place), _local_slice(b, place)
+    sl = _local_slice(scale, Shard(0)) if place == Shard(0) else scale
+    gam_l = _local_slice(gamma, Shard(0)) if place == Shard(2) else gamma
+    eb, eg = R.layer_scale_grads(gl, bl, sl, gam_l, 0, 2, 2.0)
+    assert_close(gb.to_local(), eb)
+    torch.testing.assert_close(gg.to_local(), eg, rtol=1e-5, atol=1e-6)
+
+
+def test_public_function_with_a_plain_gamma(mesh):
+    from torch.distributed.tensor import Shard
+
+    r, b = torch.randn(8, 6, 4), torch.randn(8, 6, 4)
+    gamma = torch.randn(4, requires_grad=True)
+    rd, bd = _dt(r, mesh, Shard(1)), _dt(b, mesh, Shard(1)).requires_grad_()
+    torch.manual_seed(6)
+    out, counts = _comms(lambda: sdkernels.drop_path_add(rd, bd, 0.5, layer_scale=gamma))
+    _no_gather(counts)
+    torch.manual_seed(6)
+    expect = R.drop_path_add(r, b, 0.5, layer_scale=gamma.detach())
+    assert out.placements == (Shard(1),)
+    assert_close(out.to_local(), _local_slice(expect, Shard(1)))
+    out.sum().backward()
+    assert gamma.grad is not None and bd.grad.placements == (Shard(1),)
