@@ -50,11 +50,11 @@ def timm_convnext_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
     r = rate_of(block.drop_path)
     if r is None or not r.active:
         return type(block).forward(block, x)
-    gamma = None if block.gamma is None else block.gamma.reshape(1, -1, 1, 1)
     if isinstance(block.shortcut, nn.Identity):
-        return residual_site(settings, x, _timm_branch(block), r, gamma=gamma)
+        return residual_site(settings, x, _timm_branch(block), r, gamma=block.gamma, channel_dim=1)
     branch_out = _timm_branch(block)(x)
-    return residual_site(settings, x, lambda _: branch_out, r, gamma=gamma, residual=block.shortcut(x))
+    return residual_site(settings, x, lambda _: branch_out, r, gamma=block.gamma, channel_dim=1,
+                         residual=block.shortcut(x))
 
 
 def tv_cnblock_forward(block, settings, input: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def tv_cnblock_forward(block, settings, input: torch.Tensor) -> torch.Tensor:
     r = rate_of(block.stochastic_depth)
     if r is None or not r.active:
         return type(block).forward(block, input)
-    return residual_site(settings, input, block.block, r, gamma=block.layer_scale)
+    return residual_site(settings, input, block.block, r, gamma=block.layer_scale, channel_dim=1)
 
 
 def _no_skip_timm(block) -> Optional[str]:

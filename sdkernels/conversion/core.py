@@ -200,10 +200,6 @@ def has_batchnorm(*modules: Optional[nn.Module]) -> Optional[str]:
 
 # ---- the residual sites --------------------------------------------------------------------------
 
-def _with_gamma(branch_out: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
-    return branch_out if gamma is None else branch_out * gamma
-
-
 def residual_site(
     settings: Settings,
     x: torch.Tensor,
@@ -211,27 +207,31 @@ def residual_site(
     rate: Optional[Rate],
     *,
     gamma: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
     residual: Optional[torch.Tensor] = None,
     skip: bool = True,
 ) -> torch.Tensor:
     """``residual + drop_path(branch(x) * gamma)`` as the original block computes it, with sdkernels.
 
     ``residual`` defaults to ``x`` (a block whose shortcut is not ``x`` itself passes it, and cannot
-    skip).  ``gamma`` is the block's LayerScale, already shaped to broadcast against the branch as the
-    original multiplies it.  The branch is called exactly once, on every sample (fused op) or, when
-    ``skip`` and the settings allow it, on the kept samples only (``drop_path_residual``).  An inactive
-    site (no drop path, eval, rate 0) is the original expression ``residual + branch * gamma``.
+    skip).  ``gamma`` is the block's own LayerScale tensor (so the state_dict does not change), as the
+    original holds it: ``(C,)`` scaling ``channel_dim`` (timm's ``ls1.gamma``, ``gamma_1``, ConvNeXt's
+    ``gamma`` with ``channel_dim=1``) or a shape broadcasting along it (torchvision's ``(C, 1, 1)``).
+    It is fused into the op (``layer_scale=``).  The branch is called exactly once, on every sample
+    (fused op) or, when ``skip`` and the settings allow it, on the kept samples only
+    (``drop_path_residual``).  An inactive site (no drop path, eval, rate 0) is the original
+    expression ``residual + branch * gamma`` (the op's eval path returns exactly that).
     """
     res = x if residual is None else residual
-    if rate is None or not rate.active:
-        return res + _with_gamma(branch(x), gamma)
-    if skip and settings.skip and residual is None and not isinstance(x, _fx.Proxy):
-        fn = branch if gamma is None else (lambda t: branch(t) * gamma)
-        return drop_path_residual(x, fn, rate.p, mode=rate.mode, count=settings.count,
-                                  scale_by_keep=rate.scale_by_keep, backend=settings.backend)
-    b = _with_gamma(branch(x), gamma)
-    return functional.drop_path_add(res, b, rate.p, mode=rate.mode, scale_by_keep=rate.scale_by_keep,
-                                    backend=settings.backend)
+    p = 0.0 if rate is None else rate.p
+    training = rate is not None and rate.active
+    mode = "row" if rate is None else rate.mode
+    scale_by_keep = True if rate is None else rate.scale_by_keep
+    if training and skip and settings.skip and residual is None and not isinstance(x, _fx.Proxy):
+        return drop_path_residual(x, branch, p, mode=mode, count=settings.count, scale_by_keep=scale_by_keep,
+                                  backend=settings.backend, layer_scale=gamma, channel_dim=channel_dim)
+    return functional.drop_path_add(res, branch(x), p, training=training, mode=mode, scale_by_keep=scale_by_keep,
+                                    backend=settings.backend, layer_scale=gamma, channel_dim=channel_dim)
 
 
 def run_sequence(block: nn.Module, x: torch.Tensor, names) -> torch.Tensor:
