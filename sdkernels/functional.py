@@ -173,6 +173,18 @@ def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, gene
     return sample_dim % nd
 
 
+def _check_branch(residual: torch.Tensor, branch) -> None:
+    """``branch`` pairs with ``residual``: a floating-point tensor of its shape, on its device."""
+    if not isinstance(branch, torch.Tensor):
+        raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
+    if branch.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"branch must be a floating-point tensor (float16, bfloat16, float32 or float64), got {branch.dtype}")
+    if residual.shape != branch.shape:
+        raise ValueError(f"residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}")
+    if residual.device != branch.device:
+        raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
+
+
 #: The keep mask of ``x`` (the tensor timm would drop): :func:`sdkernels.rng.draw`, the one draw rule.
 _draw = rng.draw
 
@@ -303,14 +315,7 @@ def drop_path_add(
             training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
             generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim))
     dim = _check_common(residual, "residual", p, mode, sample_dim, backend, generator)
-    if not isinstance(branch, torch.Tensor):
-        raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
-    if branch.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"branch must be a floating-point tensor (float16, bfloat16, float32 or float64), got {branch.dtype}")
-    if residual.shape != branch.shape:
-        raise ValueError(f"residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}")
-    if residual.device != branch.device:
-        raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
+    _check_branch(residual, branch)
     be = pick_backend(backend, residual.device, residual.numel())
     if layer_scale is not None:
         gamma, cd = _check_layer_scale(layer_scale, branch, channel_dim, dim)
