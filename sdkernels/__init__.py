@@ -19,6 +19,11 @@ from .conversion import conversion_report, convert, unconvert  # noqa: E402
 
 __all__ += ["convert", "unconvert", "conversion_report"]
 
+# ---- add + norm (issue 14): drop path + residual add + LayerNorm / RMSNorm ------
+from .add_norm import drop_path_add_norm  # noqa: E402
+
+__all__ += ["drop_path_add_norm"]
+
 # ---- distributed training (issue 15): DTensor sharding rules of every op built here ---------
 from . import distributed  # noqa: E402
 

@@ -122,3 +122,82 @@ class DropPathAdd(_NotScriptable, nn.Module):
 from .skip import StochasticResidual  # noqa: E402
 
 __all__ += ["StochasticResidual"]
+
+
+# ---- add + norm (issue 14): drop path + residual add + LayerNorm / RMSNorm ------
+from . import add_norm as _add_norm  # noqa: E402
+
+
+class DropPathAddNorm(nn.Module):
+    """``forward(residual, branch) -> (x, h)``: ``x = residual + drop_path(branch)``, ``h = norm(x)``, fused.
+
+    The first residual add of a pre-norm block and the norm after it
+    (``x = x + self.drop_path1(self.attn(self.norm1(x))); h = self.norm2(x)``) in one
+    pass: ``x, h = self.add_norm2(x, self.attn(self.norm1(x)))``.  See
+    :func:`sdkernels.drop_path_add_norm`.
+
+    Parameters are named as ``nn.LayerNorm``'s (``weight``, ``bias``) and ``nn.RMSNorm``'s
+    (``weight``), so a LayerNorm's or RMSNorm's state dict loads into it.
+
+    Args:
+        normalized_shape: H, the last dim (an int, or a 1-element tuple/list/Size).
+        p: drop probability in [0, 1].
+        eps: the norm's epsilon.
+        norm: "layer" or "rms".
+        elementwise_affine: learn ``weight`` (ones at init).
+        bias: learn ``bias`` (zeros at init); default None means the norm's own module's
+            choice: True for "layer" (as ``nn.LayerNorm``), False for "rms" (``nn.RMSNorm``
+            has none), False without ``elementwise_affine``.  True needs ``elementwise_affine``.
+        mode, scale_by_keep, sample_dim, backend: as in :func:`sdkernels.drop_path_add_norm`.
+        device, dtype: of the parameters.
+
+    ``forward(residual, branch, layer_scale=None)`` also takes LayerScale's ``gamma``.
+    """
+
+    def __init__(self, normalized_shape, p: float = 0.0, eps: float = 1e-5, norm: str = "layer",
+                 elementwise_affine: bool = True, bias=None, mode: str = "row", scale_by_keep: bool = True,
+                 sample_dim: int = 0, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        F._check_module_rate_and_mode(p, mode)
+        if norm not in _add_norm.NORMS:
+            raise ValueError(f"norm must be one of {_add_norm.NORMS}, got {norm!r}")
+        if isinstance(normalized_shape, int):
+            normalized_shape = (normalized_shape,)
+        normalized_shape = tuple(normalized_shape)
+        if len(normalized_shape) != 1 or not isinstance(normalized_shape[0], int) or normalized_shape[0] < 1:
+            raise ValueError(f"normalized_shape must be one positive int (the last dim), got {normalized_shape}")
+        if bias is None:
+            bias = elementwise_affine and norm == "layer"
+        if bias and not elementwise_affine:
+            raise ValueError("bias=True needs elementwise_affine=True")
+        if backend not in F.BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {F.BACKEND_NAMES}, got {backend!r}")
+        self.normalized_shape = normalized_shape
+        self.p = p
+        self.eps = eps
+        self.norm = norm
+        self.elementwise_affine = elementwise_affine
+        self.mode = mode
+        self.scale_by_keep = scale_by_keep
+        self.sample_dim = sample_dim
+        self.backend = backend
+        kw = dict(device=device, dtype=dtype)
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.ones(normalized_shape, **kw))
+            self.bias = nn.Parameter(torch.zeros(normalized_shape, **kw)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, residual: torch.Tensor, branch: torch.Tensor, layer_scale=None):
+        return _add_norm.drop_path_add_norm(
+            residual, branch, self.p, self.weight, self.bias, self.eps, norm=self.norm, training=self.training,
+            mode=self.mode, scale_by_keep=self.scale_by_keep, sample_dim=self.sample_dim, layer_scale=layer_scale,
+            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, p={self.p}, eps={self.eps}, norm={self.norm!r}, "
+                f"elementwise_affine={self.elementwise_affine}, mode={self.mode!r}, sample_dim={self.sample_dim}")
+
+
+__all__ += ["DropPathAddNorm"]

@@ -38,6 +38,13 @@ __all__ = [
     "sample_scale_ls",
     "layer_scale_grads",
     "timm_layer_scale_drop_path_add",
+    "add_norm_dtypes",
+    "norm_rows",
+    "scaled_gamma_residual_add",
+    "add_norm",
+    "norm_stats",
+    "add_norm_backward",
+    "drop_path_add_norm",
 ]
 
 
@@ -372,3 +379,197 @@ def timm_layer_scale_drop_path_add(residual: torch.Tensor, branch: torch.Tensor,
     ls = branch * layer_scale_view(gamma, branch.dim(), channel_dim)
     dp = timm_drop_path(ls if sample_dim == 0 else ls.movedim(sample_dim, 0), p, training)
     return residual + (dp if sample_dim == 0 else dp.movedim(0, sample_dim))
+# ---- add + norm (issue 14): drop path, residual add, LayerNorm / RMSNorm ----------------------
+# The spec of ``sdkernels::add_norm`` / ``add_norm_backward`` and of
+# :func:`sdkernels.drop_path_add_norm`: ``x`` is the fused drop-path add (with an
+# optional LayerScale ``gamma`` over the last dim), ``h`` the norm of ``x`` *as
+# stored* (after its rounding to x's dtype) over the last dim, in the math dtype.
+
+NORMS = ("layer", "rms")
+
+
+def add_norm_dtypes(residual_dtype, branch_dtype, gamma_dtype=None, *more):
+    """(x dtype, math dtype) of the add + norm op.
+
+    x takes ``promote_types(residual, branch[, gamma])`` (the core op's rule with the
+    LayerScale vector joining it); the math is fp64 when any tensor (``more``: weight,
+    bias, the h dtype) is fp64, else fp32.
+    """
+    x_dtype = torch.promote_types(residual_dtype, branch_dtype)
+    if gamma_dtype is not None:
+        x_dtype = torch.promote_types(x_dtype, gamma_dtype)
+    dts = [residual_dtype, branch_dtype, x_dtype] + [d for d in (gamma_dtype,) + more if d is not None]
+    return x_dtype, acc_dtype(*dts)
+
+
+def _opt_dtype(t: Optional[torch.Tensor]):
+    return None if t is None else t.dtype
+
+
+def norm_rows(x: torch.Tensor, weight, bias, eps: float, rms: bool, acc: torch.dtype) -> torch.Tensor:
+    """``F.layer_norm`` / ``F.rms_norm`` (+ bias) of ``x`` over its last dim, computed in ``acc``; differentiable."""
+    import torch.nn.functional as F
+
+    H = x.shape[-1]
+    xa = x.to(acc)
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    if rms:
+        h = F.rms_norm(xa, (H,), w, eps)
+        return h if b is None else h + b
+    return F.layer_norm(xa, (H,), w, b, eps)
+
+
+def scaled_gamma_residual_add(residual, branch, scale, gamma, sample_dim: int, alpha: float = 1.0):
+    """``x = residual + (branch * gamma[h]) * (scale[s] * alpha)`` (kept), ``residual`` (dropped), rounded once.
+
+    Each multiply and the add are rounded in the math dtype (no fused multiply-add);
+    with ``gamma`` None this is :func:`scaled_residual_add`.
+    """
+    if gamma is None:
+        return scaled_residual_add(residual, branch, scale, sample_dim, alpha)
+    x_dtype, acc = add_norm_dtypes(residual.dtype, branch.dtype, gamma.dtype)
+    sample_dim = sample_dim % residual.dim()
+    s = _per_sample(scale, residual, sample_dim, scale.dtype)
+    m = s.to(acc) * torch.tensor(alpha, dtype=acc)
+    kept = s != 0
+    r = residual.to(acc)
+    b = torch.where(kept, branch.to(acc), torch.zeros((), dtype=acc, device=branch.device))
+    out = torch.where(kept, r + (b * gamma.to(acc)) * m, r)
+    return out.to(x_dtype)
+
+
+def add_norm(
+    residual: torch.Tensor,
+    branch: torch.Tensor,
+    scale: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    gamma: Optional[torch.Tensor],
+    sample_dim: int,
+    alpha: float,
+    eps: float,
+    rms: bool,
+    out_dtype: Optional[torch.dtype] = None,
+):
+    """Spec of ``torch.ops.sdkernels.add_norm`` (its ``x`` and ``h``; the op also returns mean and rstd).
+
+    ``x`` = :func:`scaled_gamma_residual_add`; ``h`` = :func:`norm_rows` of ``x`` as stored,
+    in the math dtype, rounded once to ``out_dtype`` (default x's dtype).  Differentiable.
+    """
+    x = scaled_gamma_residual_add(residual, branch, scale, gamma, sample_dim, alpha)
+    _, acc = add_norm_dtypes(residual.dtype, branch.dtype, _opt_dtype(gamma), _opt_dtype(weight), _opt_dtype(bias),
+                             out_dtype)
+    h = norm_rows(x, weight, bias, eps, rms, acc)
+    return x, h.to(x.dtype if out_dtype is None else out_dtype)
+
+
+def norm_stats(x: torch.Tensor, eps: float, rms: bool, acc: torch.dtype):
+    """``(xhat, rstd)`` of x's rows in ``acc``: LayerNorm ``((x - mean) * rstd, 1 / sqrt(var + eps))``
+    or RMSNorm ``(x * rstd, 1 / sqrt(mean(x^2) + eps))`` (rstd keeps a trailing dim of 1); differentiable."""
+    xa = x.to(acc)
+    if rms:
+        rstd = torch.rsqrt((xa * xa).mean(-1, keepdim=True) + eps)
+        return xa * rstd, rstd
+    d = xa - xa.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((d * d).mean(-1, keepdim=True) + eps)
+    return d * rstd, rstd
+
+
+def add_norm_backward(
+    grad_x: Optional[torch.Tensor],
+    grad_h: torch.Tensor,
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    gamma: Optional[torch.Tensor],
+    branch: Optional[torch.Tensor],
+    sample_dim: int,
+    alpha: float,
+    eps: float,
+    rms: bool,
+    residual_dtype: torch.dtype,
+    branch_dtype: torch.dtype,
+    acc: Optional[torch.dtype] = None,
+):
+    """Spec of the add + norm backward: ``(grad_residual, grad_branch, grad_weight, grad_bias, grad_gamma)``.
+
+    In the math dtype (``acc``, default the op's; ``torch.float64`` gives a high-precision
+    expectation), with ``xhat``, ``rstd`` of x as stored (:func:`norm_stats`) and
+    ``dy = grad_h * weight``::
+
+        dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) + grad_x     (LayerNorm)
+        dx = rstd * (dy - xhat * mean(dy * xhat)) + grad_x                 (RMSNorm)
+        grad_residual = dx
+        grad_branch   = (dx * m[s]) * gamma      kept samples, zeros on dropped ones
+        grad_weight   = sum over rows of grad_h * xhat     (None when weight is None)
+        grad_bias     = sum over rows of grad_h            (None when bias is None)
+        grad_gamma    = sum over kept rows of (dx * m[s]) * branch   (None when branch is None)
+
+    each rounded once to its input's dtype.  Plain differentiable PyTorch ops: run with
+    grad enabled the result is differentiable (double backward) through x, weight, the
+    grads and branch.
+    """
+    if acc is None:
+        _, acc = add_norm_dtypes(residual_dtype, branch_dtype, _opt_dtype(gamma), _opt_dtype(weight),
+                                 _opt_dtype(bias), grad_h.dtype, x.dtype)
+    H = x.shape[-1]
+    xhat, rstd = norm_stats(x, eps, rms, acc)
+    g = grad_h.to(acc)
+    dy = g if weight is None else g * weight.to(acc)
+    c1 = (dy * xhat).mean(-1, keepdim=True)
+    u = dy - xhat * c1 if rms else dy - dy.mean(-1, keepdim=True) - xhat * c1
+    dx = rstd * u
+    if grad_x is not None:
+        dx = dx + grad_x.to(acc)
+    dim = sample_dim % x.dim()
+    s = _per_sample(scale, x, dim, scale.dtype)
+    m = s.to(acc) * torch.tensor(alpha, dtype=acc)
+    kept = s != 0
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    dxm = torch.where(kept, dx * m, zero)
+    g_branch = dxm if gamma is None else dxm * gamma.to(acc)
+    g_gamma = None
+    if gamma is not None and branch is not None:
+        bk = torch.where(kept, branch.to(acc), zero)
+        g_gamma = (dxm * bk).reshape(-1, H).sum(0).to(gamma.dtype)
+    g_w = None if weight is None else (g * xhat).reshape(-1, H).sum(0).to(weight.dtype)
+    g_b = None if bias is None else g.reshape(-1, H).sum(0).to(bias.dtype)
+    return dx.to(residual_dtype), g_branch.to(branch_dtype), g_w, g_b, g_gamma
+
+
+def drop_path_add_norm(
+    residual: torch.Tensor,
+    branch: torch.Tensor,
+    p: float,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    norm: str = "layer",
+    training: bool = True,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    layer_scale: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    out_dtype: Optional[torch.dtype] = None,
+):
+    """Reference of :func:`sdkernels.drop_path_add_norm`: ``(x, h)``.
+
+    Training with ``p > 0``: the draw of :func:`drop_path_add`, then :func:`add_norm`.
+    Eval or ``p == 0``: ``x = residual + branch`` (``residual + branch * layer_scale``,
+    the product rounded to its dtype first, as eager PyTorch computes it) and
+    ``h = norm(x)``.
+    """
+    rms = norm == "rms"
+    if not training or p == 0.0:
+        if layer_scale is not None:
+            branch = branch * layer_scale
+        keep = torch.ones(1, dtype=draw_dtype(branch.dtype), device=residual.device)
+        return add_norm(residual, branch, keep, weight, bias, None, 0, 1.0, eps, rms, out_dtype)
+    dim = sample_dim % residual.dim()
+    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(branch.dtype))
+    return add_norm(residual, branch, keep, weight, bias, layer_scale, dim, keep_scale(p, scale_by_keep), eps, rms,
+                    out_dtype)

@@ -44,3 +44,23 @@ def assert_close_reduction(actual: torch.Tensor, expected64: torch.Tensor, sumsq
     assert not bool(bad.any()), (
         f"{int(bad.sum())} of {a.numel()} sums off: worst error {float((err / tol).max()):.2f}x the bound; "
         f"actual {a[bad][:4].tolist()} expected {e[bad][:4].tolist()}")
+#: Unit roundoff of the dtype a kernel accumulates a result of this dtype in (fp32 for 16-bit and fp32 results).
+ACC_EPS = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-24, torch.bfloat16: 2.0**-24}
+
+
+def assert_close_sum(actual: torch.Tensor, expected: torch.Tensor, term_norm: torch.Tensor, *, dtype=None):
+    """A sum of many terms (a parameter gradient summed over rows), elementwise against an exact expectation.
+
+    Allowed: the result's own tolerance (TOL) plus what accumulating the terms in the math
+    dtype may add: 8 unit roundoffs at the scale of the terms' 2-norm ``term_norm`` (per
+    element), the error of a blocked or pairwise fp32 sum (its partial sums grow to about
+    that norm; a plain left-to-right sum of n terms may be off by ~sqrt(n) times more).
+    """
+    tol = TOL[dtype or expected.dtype]
+    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
+    a, e = actual.double(), expected.double()
+    bound = tol["atol"] + tol["rtol"] * e.abs() + 8 * ACC_EPS[expected.dtype] * term_norm.double()
+    err = (a - e).abs()
+    bad = ~(err <= bound)
+    assert not bad.any(), (f"{int(bad.sum())} of {a.numel()} sums off: worst error {float((err - bound).max()):.3g} "
+                           f"past the bound; error {float(err.max()):.3g}, bound {float(bound.min()):.3g}..")
