@@ -102,6 +102,14 @@ TORCH_LIBRARY(sdkernels, m) {
       "bool rms, ScalarType residual_dtype, ScalarType branch_dtype, ScalarType? weight_dtype=None, "
       "ScalarType? bias_dtype=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // Test hooks of the add + norm CUDA index math (csrc/cpu/add_norm_index_hooks.cpp,
+  // tests/test_add_norm_index.py).
+  m.def("_add_norm_plan_row(int H, int vec, int max_chunks) -> int[]");
+  m.def("_add_norm_cover(int H, int vec, int max_chunks) -> Tensor");
+  m.def("_add_norm_sample_of_row(int[] rows, int H, int inner, int n) -> int[]");
+  m.def("_add_norm_row_vec_width(int H, int min_elem_size, bool aligned) -> int");
+  m.def("_add_norm_rows_of_program(int programs, int rows) -> int[]");
+
   // ---- test hooks: host-run copies of the CUDA kernels' index math --------
   // (defined by csrc/cpu/index_math_hooks.cpp; see tests/test_index_math.py)
   m.def("_index_sample_of(int[] offsets, int inner, int n) -> int[]");

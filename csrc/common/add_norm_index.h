@@ -63,10 +63,14 @@ SDK_HD_INLINE RowPlan plan_row(int64_t H, int64_t vec, int64_t max_chunks) {
   return p;
 }
 
-// First column of chunk c of thread t (may be >= H: that chunk is idle).
-SDK_HD_INLINE int64_t chunk_column(int64_t c, int64_t t, const RowPlan& p) {
-  return (c * p.threads + t) * p.vec;
+// First column of chunk c of thread t of a block of `threads` (register path; may
+// be >= H: that chunk is idle).
+SDK_HD_INLINE int64_t chunk_column(int64_t c, int64_t t, int64_t threads, int64_t vec) {
+  return (c * threads + t) * vec;
 }
+
+// The streaming path visits columns t * vec, (t + threads) * vec, ... < H: the
+// same columns chunk_column gives for c = 0, 1, ...
 
 // The vector width: 16 bytes of the narrowest element size when every
 // tensor's base address is 16-byte aligned and H is a multiple of it (so
