@@ -179,6 +179,59 @@ def test_layouts(dev_be):
     _check_forward(device, backend, big_r[..., ::2], big_b[..., 40:], 0.5, w, bias)
 
 
+@pytest.mark.parametrize("rdt,bdt,gdt,out_dtype", [
+    (torch.float16, torch.bfloat16, None, None),  # fp16 + bf16 -> fp32 x
+    (torch.bfloat16, torch.bfloat16, torch.float32, None),  # an fp32 gamma promotes x to fp32
+    (torch.bfloat16, torch.bfloat16, None, torch.float16),
+    (torch.float32, torch.float16, None, None),
+], ids=str)
+def test_other_dtype_combinations(dev_be, rdt, bdt, gdt, out_dtype):
+    # (On CUDA these take the converted-inputs path of csrc/cuda/add_norm.cu.)
+    device, backend = dev_be
+    r, b, w, bias, gm = _inputs((5, 3, 64), rdt, bdt, device, gamma=gdt is not None, pdt=gdt or torch.float32)
+    x, h = _check_forward(device, backend, r, b, 0.5, w, bias, layer_scale=gm, out_dtype=out_dtype)
+    _check_backward(device, backend, r, b, 0.5, w, bias, gm, out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize("H", [64, 1000])
+def test_unaligned_rows(dev_be, H):
+    # a storage offset of one element: no 16-byte vectors (CUDA takes the scalar path)
+    device, backend = dev_be
+    r0, b0, w, bias, gm = _inputs((4, 3, H), torch.bfloat16, torch.bfloat16, device, gamma=True)
+
+    def shifted(t):
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=device)
+        out = buf[1:].view(t.shape)
+        out.copy_(t)
+        return out
+
+    r, b = shifted(r0), shifted(b0)
+    assert r.data_ptr() % 16 != 0
+    _check_forward(device, backend, r, b, 0.5, w, bias, layer_scale=gm)
+    _check_backward(device, backend, r, b, 0.5, w, bias, gm)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (HAS_CUDA and "cuda" in AN.available_add_norm_backends()), reason="needs the CUDA backend")
+def test_cuda_kernel_refuses_fp64_parameters_with_fp32_activations():
+    r, b, w, bias, _ = _inputs((4, 3, 32), torch.float32, torch.float32, "cuda", pdt=torch.float64)
+    with pytest.raises(TypeError, match="float64 weight, bias or layer_scale only with float64 activations"):
+        sdkernels.drop_path_add_norm(r, b, 0.5, w, bias, backend="cuda")
+    _check_forward("cpu", "cpu", r.cpu(), b.cpu(), 0.5, w.cpu(), bias.cpu())  # the CPU kernel computes in fp64
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (HAS_CUDA and {"cuda", "triton"} <= set(AN.available_add_norm_backends())),
+                    reason="needs the CUDA and Triton backends")
+@pytest.mark.parametrize("H", [768, 4096, 20000])
+def test_cuda_and_triton_agree(H):
+    r, b, w, bias, gm = _inputs((8, 4, H), torch.float32, torch.bfloat16, "cuda", gamma=True)
+    xc, hc = _run("cuda", "cuda", r, b, 0.3, w, bias, layer_scale=gm)
+    xt, ht = _run("cuda", "triton", r, b, 0.3, w, bias, layer_scale=gm)
+    assert torch.equal(xc, xt)  # both multiply with mul.rn: the same bits
+    assert_close(ht, hc)
+
+
 def test_empty(dev_be):
     device, backend = dev_be
     r, b, w, bias, _ = _inputs((0, 5, 8), torch.float32, torch.float32, device)

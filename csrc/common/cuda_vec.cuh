@@ -53,6 +53,23 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&src)[VEC]
   }
 }
 
+// VEC elements of T at p (16-byte aligned) into A with plain (coherent) loads: for data
+// the same kernel wrote, which the read-only path (__ldg) may not see.
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void load_vec_coherent(const T* p, A (&dst)[VEC]) {
+  constexpr int kPer = static_cast<int>(kVectorBytes / sizeof(T));
+  static_assert(VEC % kPer == 0, "a vector must be whole 16-byte chunks");
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int c = 0; c < VEC / kPer; ++c) {
+    const uint4 raw = q[c];
+    T v[kPer];
+    memcpy(v, &raw, sizeof(raw));
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) dst[c * kPer + j] = static_cast<A>(v[j]);
+  }
+}
+
 // Streaming multiprocessors of a device, cached per device (one cache for the
 // whole library: an inline function's static is shared by every file).
 inline int sm_count(int device) {
