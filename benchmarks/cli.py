@@ -37,14 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "are opt-in: models takes tens of minutes on a 2-core CPU, mostly compiling; 'all' runs "
                          "every suite: ops, e2e, blocks, models, train)")
     ap.add_argument("--ops", default=None,
-                    help=f"ops among {', '.join(S.OPS)} (default: drop_path_add; drop_path_add_ls, LayerScale, "
-                         "has its own default sizes: ViT-B tokens fp32/bf16, ConvNeXt stage 1 channels_last)")
+                    help=f"ops among {', '.join(S.OPS)} (default: drop_path_add; drop_path_add_ls (LayerScale) and the "
+                         "add + norm ops have their own default sizes, and the add + norm ops their own p)")
     ap.add_argument("--modes", default=None,
                     help=f"modes among {', '.join(S.MODES)} (default: fwd,bwd,fwd+bwd; plus fwd-nograd on host-bound sizes)")
     ap.add_argument("--sizes", default=None, help=f"sizes among {', '.join(S.SIZES)}")
     ap.add_argument("--dtypes", default=None, help=f"dtypes among {', '.join(S.DTYPES)}")
     ap.add_argument("--providers", default=None, help="providers of the op suite (default: all but sdk-auto; --list)")
-    ap.add_argument("--ps", default=None, help="drop probabilities (default: 0.1,0.5; blocks suite: 0.1,0.2,0.3,0.5)")
+    ap.add_argument("--ps", default=None,
+                    help="drop probabilities (default: 0.1,0.5; add + norm ops: 0.1; blocks suite: 0.1,0.2,0.3,0.5)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="auto: cuda when a GPU is visible, else cpu")
     ap.add_argument("--repeats", type=int, default=None,
@@ -146,15 +147,18 @@ def main(argv=None) -> int:
     start = time.monotonic()
     deadline = start + a.time_limit if a.time_limit else None
     op_ps = ps or ([0.5] if a.quick else list(S.DEFAULT_PS))
-    op_cases = {op: S.cases_for_op(op, device, size_names, dtype_names, quick=a.quick) for op in ops}
-    cases = [c for op in ops for c in op_cases[op]]
+    cases_by_op = {op: S.cases_from(device, size_names, dtype_names, quick=a.quick, op=op) for op in ops}
+    cases = []
+    for cs in cases_by_op.values():
+        cases += [c for c in cs if c not in cases]
     repeats = a.repeats or (3 if a.quick else (50 if device == "cuda" else 7))
     env = report.environment(device)
     if device == "cpu":
         print(f"CPU: {torch.get_num_threads()} threads (torch.get_num_threads()); "
               f"{os.cpu_count()} logical cores visible", file=sys.stderr)
 
-    plans = opsuite.plan_ops(ops, op_cases, providers, modes, op_ps) if "ops" in suites else []
+    ps_by_op = {op: (op_ps if (ps or a.quick or op not in S.NORM_OPS) else list(S.DEFAULT_NORM_PS)) for op in ops}
+    plans = opsuite.plan_ops(ops, cases_by_op, providers, modes, ps_by_op) if "ops" in suites else []
     e2e_ps = op_ps
     e2e_batch = a.batch or e2e.default_batch(device, a.quick)
     e2e_repeats = a.repeats or (2 if a.quick else 5)

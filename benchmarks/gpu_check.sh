@@ -7,7 +7,7 @@
 # Steps, each under `timeout` inside a hard budget of GPU_CHECK_BUDGET seconds (default 420); each
 # step's limit is min(its cap, time left - what the later steps need), caps/reserves in seconds:
 #   build 120 (leaves 205), import 30 (leaves 200), tests-cuda 210 (leaves 190), tests-rest 90 (leaves 160),
-#   memcheck 45 (leaves 130), blocks 90 (leaves 100), models 60 (at least 25, leaves 90), sweep 60 (at least
+#   memcheck 75 (leaves 130), blocks 90 (leaves 100), models 60 (at least 25, leaves 90), sweep 60 (at least
 #   35, else skipped; leaves 60), bench the rest
 #   1. build   pip install --no-build-isolation --no-deps -e .  (FORCE_CUDA=1, the GPU's arch only)
 #   2. import  the cuda (and triton) backends are available
@@ -16,8 +16,10 @@
 #   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers
 #   5b. models python -m benchmarks.models: ViT-B/16 training steps, eager vs sdkernels.convert (cap 60)
 #   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
-#   7. bench   python -m benchmarks --ops drop_path_add_ls,drop_path_add (the LayerScale rows, then the
-#              default suite; each op row also timed as a CUDA graph)
+#   7. bench   python -m benchmarks: the add + norm ops (issue 14: add_layernorm, add_rmsnorm at p = 0.1
+#              against eager, torch.compile, flash-attention and Liger where installed) and the LayerScale
+#              rows (issue 13) first, never measured on a GPU yet, then the default drop_path_add suite;
+#              each op row also timed as a CUDA graph
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
 # suites-<date>.tar.gz (the blocks and models CSVs), <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png),
 # else to a fresh folder under benchmarks/results/tmp/.  A summary table is printed last.  Exit status 0 when no step failed.
@@ -160,12 +162,12 @@ elif ! command -v compute-sanitizer >/dev/null 2>&1; then
 elif [ "$IMPORT_OK" != 0 ]; then
     STEP_SECS=0; record memcheck SKIP "sdkernels does not import"
 else
-    run_step memcheck 45 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+    run_step memcheck 75 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         --error-exitcode 1 --leak-check no "$PY" benchmarks/sanitize_case.py --device cuda
     ST=$(rc_status $STEP_RC)
     if grep -q -E "Device not supported|device is not supported" "$STEP_OUT"; then ST=UNSUPPORTED; fi
     ERRS=$(grep -o -E "ERROR SUMMARY: [0-9]+ errors?" "$STEP_OUT" | tail -n 1)
-    record memcheck "$ST" "${ERRS:-no sanitizer summary}; $(grep -E '^sanitize_case' "$STEP_OUT" | tail -n 1 | cut -c1-70)"
+    record memcheck "$ST" "${ERRS:-no sanitizer summary}; $(grep -E '^sanitize_case' "$STEP_OUT" | cut -c15-60 | tr '\n' ';')"
 fi
 
 # ---- 5. block suite (skip path, issue 5) -----------------------------------------------------
@@ -244,14 +246,14 @@ fi
 if [ "$DRY" = 1 ]; then
     # Tiny and compile-free (a cold torch.compile costs ~20 s on 2 cores): the logic, not the numbers.
     BENCH=("$PY" -m benchmarks --quick --device cpu --sizes small --repeats 2 --out "$DEST" --name bench-dry-run
-           --ops drop_path_add,drop_path_add_ls
-           --providers eager_timm,eager_tv,sdk-reference,sdk-cpu,sdk-cuda,sdk-triton,copy,clone,add,scale --no-progress)
+           --ops drop_path_add,drop_path_add_ls,add_layernorm,add_rmsnorm
+           --providers eager_timm,eager_tv,sdk-reference,sdk-cpu,sdk-cuda,sdk-triton,copy,clone,add,scale,flash_attn,liger
+           --no-progress)
     run_step bench 90 0 "${BENCH[@]}"
 else
     TL=$(( $(left) - 30 ))
-    # LayerScale rows (issue 13, never measured on a GPU yet) first, then the core op's default rows.
-    BENCH=("$PY" -m benchmarks --device cuda --out "$DEST" --no-progress --time-limit "$TL"
-           --ops drop_path_add_ls,drop_path_add)
+    BENCH=("$PY" -m benchmarks --device cuda --ops add_layernorm,add_rmsnorm,drop_path_add_ls,drop_path_add
+           --out "$DEST" --no-progress --time-limit "$TL")
     run_step bench 600 5 "${BENCH[@]}"
 fi
 CSV=$(ls -t "$DEST"/*.csv 2>/dev/null | grep -v -E '/(blocks|models)-[^/]*\.csv$' | head -n 1)

@@ -58,7 +58,8 @@ def plan_ops(ops: Sequence[str], cases, providers: Sequence[str], modes: Optiona
              ps: Sequence[float]) -> List[OpPlan]:
     """The measurements of the op suite, in run order (grouped by case so inputs are made once).
 
-    ``cases``: a list for every op, or a dict op -> list (each op its own cases).
+    ``cases`` and ``ps``: lists for every op, or dicts op -> list.  A provider that does not
+    measure an op (:func:`benchmarks.providers.applies`) gets no row for it.
     """
     plans: List[OpPlan] = []
     for op in ops:
@@ -66,12 +67,12 @@ def plan_ops(ops: Sequence[str], cases, providers: Sequence[str], modes: Optiona
             ms = _modes_for(case, modes)
             for prov in providers:
                 if prov in P.BASELINES:
-                    if prov == "add" and op == "drop_path":
+                    if not P.applies(prov, op):
                         continue
                     plans.append(OpPlan(op, case, prov, P.BASELINE_MODE[prov], None))
-            for p in ps:
+            for p in (ps[op] if isinstance(ps, dict) else ps):
                 for prov in providers:
-                    if prov in P.BASELINES:
+                    if prov in P.BASELINES or not P.applies(prov, op):
                         continue
                     for m in ms:
                         plans.append(OpPlan(op, case, prov, m, p))
@@ -86,7 +87,7 @@ class _Inputs:
         rd, bd, od = case.dtypes()
         if op == "drop_path":
             rd = od = bd
-        self.dtypes = (rd, bd, od)
+        self.dtypes = (rd, bd, od) if op not in P.NORM_OPS else (rd, bd, od, od)
         shape = case.size.shape
 
         def make(dt):
@@ -107,7 +108,16 @@ class _Inputs:
             C = shape[self.channel_dim]
             self.gamma = (1.0 + 0.1 * torch.randn(C, generator=g, dtype=torch.float32, device=device)).to(od)
         self.grad = make(od)
+        self.grads = (self.grad,)
+        self.params: Tuple[torch.Tensor, ...] = ()
+        if op in P.NORM_OPS:  # the norm's weight (and bias) in the residual's dtype; grads of x and h
+            H = shape[-1]
+            w = 1.0 + 0.1 * torch.randn(H, generator=g, dtype=torch.float32, device=device)
+            bias = 0.1 * torch.randn(H, generator=g, dtype=torch.float32, device=device)
+            self.params = (w.to(rd),) if op == "add_rmsnorm" else (w.to(rd), bias.to(rd))
+            self.grads = (self.grad, make(od))
         self.numel = self.branch.numel()
+        self.H = shape[-1]
         n = shape[self.sample_dim]
         view = [1] * len(shape)
         view[self.sample_dim] = n
@@ -115,7 +125,7 @@ class _Inputs:
         self.dst = torch.empty_like(self.residual if self.residual is not None else self.branch)
 
     def leaves(self, grad: bool) -> Tuple[torch.Tensor, ...]:
-        ts = (self.branch,) if self.op == "drop_path" else (self.residual, self.branch)
+        ts = (self.branch,) if self.op == "drop_path" else (self.residual, self.branch) + self.params
         if self.gamma is not None:
             ts += (self.gamma,)
         if not grad:
@@ -136,6 +146,11 @@ def _baseline_fn(prov: str, x: _Inputs) -> Callable[[], object]:
     raise ValueError(prov)
 
 
+def _outs(out) -> Tuple[torch.Tensor, ...]:
+    """An op's outputs as a tuple (the add + norm ops return (x, h))."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 def _mode_fn(fwd: Callable, mode: str, x: _Inputs) -> Callable[[], object]:
     if mode == "fwd-nograd":
         ins = x.leaves(False)
@@ -144,10 +159,10 @@ def _mode_fn(fwd: Callable, mode: str, x: _Inputs) -> Callable[[], object]:
     if mode == "fwd":
         return lambda: fwd(*ins)
     if mode == "fwd+bwd":
-        return lambda: torch.autograd.grad(fwd(*ins), ins, x.grad)
+        return lambda: torch.autograd.grad(_outs(fwd(*ins)), ins, x.grads)
     if mode == "bwd":
-        out = fwd(*ins)
-        return lambda: torch.autograd.grad(out, ins, x.grad, retain_graph=True)
+        out = _outs(fwd(*ins))
+        return lambda: torch.autograd.grad(out, ins, x.grads, retain_graph=True)
     raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -188,7 +203,7 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
         if progress is not None:
             progress.set_postfix_str(f"{plan.case.name} {plan.provider} {plan.mode} p={plan.p}", refresh=False)
         if (plan.provider, plan.op) not in reasons:
-            reasons[(plan.provider, plan.op)] = P.unavailable_reason(plan.provider, device, plan.op)
+            reasons[(plan.provider, plan.op)] = P.unavailable_reason(plan.provider, device)
         why = reasons[(plan.provider, plan.op)]
         if why is None and deadline is not None and time.monotonic() > deadline:
             why = "time limit reached (--time-limit)"
@@ -206,7 +221,7 @@ def run_ops(plans: Sequence[OpPlan], device: str, repeats: int, progress=None,
         x = inputs
         t_start = time.perf_counter()
         row["tensor_mb"] = x.numel * torch.empty((), dtype=x.dtypes[2]).element_size() / 1e6
-        row["bytes"] = P.moved_bytes(plan.provider, plan.op, plan.mode, x.numel, x.dtypes, plan.p, device)
+        row["bytes"] = P.moved_bytes(plan.provider, plan.op, plan.mode, x.numel, x.dtypes, plan.p, device, x.H)
         try:
             if plan.provider in P.BASELINES:
                 fn = _baseline_fn(plan.provider, x)

@@ -69,7 +69,30 @@ On CPU, PyTorch's TensorIterator casts a mixed-dtype input into a temporary
 before the kernel, so eager's add of an fp32 residual and a bf16 product moves
 N (e_b + e_o) more; that is counted on CPU (``add`` too).  ``drop_path`` alone:
 fused N (q e_x + e_x) both ways, eager and compile 2 N e_x.  Rows of the
-fwd+bwd mode count the sum.  The kept fraction is its expectation 1 - p; one
+fwd+bwd mode count the sum.
+
+The add + norm ops (``add_layernorm``, ``add_rmsnorm``: ``x = residual +
+drop_path(branch)``, ``h = norm(x)``, issue 14) have their own providers:
+``eager_timm`` (timm-style drop path, the add, ``F.layer_norm`` / ``F.rms_norm``),
+``compile`` (``torch.compile`` of it), ``sdk-<backend>``
+(``sdkernels.drop_path_add_norm``), ``flash_attn`` (flash-attention's Triton
+``layer_norm_fn`` with drop path as its ``rowscale``, prenorm) and ``liger``
+(Liger-Kernel's fused add + RMSNorm, ``add_rmsnorm`` only, no drop path: the
+add of the whole branch), the last two on CUDA where importable; baselines
+``copy`` and ``clone``.  Bytes (e_x, e_h bytes per element of x and h; the
+parameters' H elements are not counted):
+
+=========================  =====================================  ======================================
+provider                   forward                                backward (grads of x and h arriving)
+=========================  =====================================  ======================================
+sdk-*                      N (e_r + q e_b + e_x + e_h)            N (2 e_x + e_h + e_r + e_b): x, grad_h,
+                           (dropped rows of the branch unread)    grad_x in, grad_residual, grad_branch out
+eager_timm                 N (3 e_b + e_r + 2 e_x + e_h): mask    N (e_h + 6 e_x + e_b) [+ N (e_h + e_x):
+                           multiply, add, norm                    CUDA's separate weight-gradient pass]
+compile                    N (e_r + e_b + e_x + e_h) [+ N (e_r +  N (2 e_x + e_h + e_r + e_b)
+                           e_b): CUDA rows > 1024 re-read]
+flash_attn, liger          N (e_r + e_b + e_x + e_h)              N (2 e_x + e_h + e_r + e_b)
+=========================  =====================================  ======================================  The kept fraction is its expectation 1 - p; one
 draw of n samples varies by about sqrt(n p (1 - p)) samples.
 """
 from __future__ import annotations
@@ -92,11 +115,18 @@ __all__ = [
     "moved_bytes",
     "make_forward",
     "sdkernels_or_none",
+    "EXTERNAL",
+    "applies",
 ]
 
 EAGER = ("eager_timm", "eager_tv")
 COMPILE = "compile"
 BASELINES = ("copy", "clone", "add", "scale")
+#: Other libraries' fused add + norm (the add + norm ops only; CUDA; skipped where not installed).
+EXTERNAL = ("flash_attn", "liger")
+NORM_OPS = ("add_layernorm", "add_rmsnorm")
+#: The eps of the add + norm rows (timm's ViT and EVA norms use 1e-6).
+NORM_EPS = 1e-6
 SDK_BACKENDS = ("reference", "cpu", "cuda", "triton")
 #: baseline -> the mode whose floor it is ("copy" rows form their own group)
 BASELINE_MODE = {"copy": "copy", "clone": "copy", "add": "fwd", "scale": "bwd"}
@@ -124,7 +154,26 @@ def _sdk_backend_names() -> Tuple[str, ...]:
 
 def all_providers() -> Tuple[str, ...]:
     """Every provider name the op suite understands."""
-    return EAGER + (COMPILE,) + tuple(f"sdk-{b}" for b in _sdk_backend_names()) + ("sdk-auto",) + BASELINES
+    return (EAGER + (COMPILE,) + tuple(f"sdk-{b}" for b in _sdk_backend_names()) + ("sdk-auto",) + BASELINES
+            + EXTERNAL)
+
+
+def applies(provider: str, op: str) -> bool:
+    """Whether ``provider`` measures ``op`` at all (the op suite plans no row otherwise).
+
+    The add + norm ops have no torchvision-style variant and no one-op floor (``add``,
+    ``scale``); flash-attention's and Liger's kernels are add + norm kernels (Liger's
+    RMSNorm only); LayerScale's eager baseline is timm's (LayerScale, drop_path, add).
+    """
+    if op in NORM_OPS:
+        if provider in ("eager_tv", "add", "scale"):
+            return False
+        return provider != "liger" or op == "add_rmsnorm"
+    if provider in EXTERNAL:
+        return False
+    if op == "drop_path_add_ls" and provider == "eager_tv":  # eager_timm (LayerScale, drop_path, add) is it
+        return False
+    return provider != "add" or op in ("drop_path_add", "drop_path_add_ls")
 
 
 def default_providers() -> Tuple[str, ...]:
@@ -141,11 +190,23 @@ def _backend_devices(name: str):
     return {"cpu": {"cpu"}, "cuda": {"cuda"}, "triton": {"cuda"}}.get(name)
 
 
-def unavailable_reason(provider: str, device: str, op: Optional[str] = None) -> Optional[str]:
-    """None when ``provider`` can run ``op`` on ``device``, else why not (the row is then 'skipped')."""
-    if op == "drop_path_add_ls" and provider == "eager_tv":
-        return "LayerScale: eager_timm (LayerScale, drop_path, add) is the eager baseline"
+_EXTERNAL_MODULES = {"flash_attn": "flash_attn.ops.triton.layer_norm",
+                     "liger": "liger_kernel.transformers.fused_add_rms_norm"}
+
+
+def unavailable_reason(provider: str, device: str) -> Optional[str]:
+    """None when ``provider`` can run on ``device``, else why not (the row is then 'skipped')."""
     if provider in EAGER or provider in BASELINES:
+        return None
+    if provider in EXTERNAL:
+        if device != "cuda":
+            return f"{provider} runs on CUDA tensors only"
+        import importlib
+
+        try:
+            importlib.import_module(_EXTERNAL_MODULES[provider])
+        except Exception as e:  # noqa: BLE001 - not installed, or incompatible with this torch/triton
+            return f"{_EXTERNAL_MODULES[provider]} does not import ({type(e).__name__}: {str(e)[:80]})"
         return None
     if provider == COMPILE:
         try:
@@ -185,6 +246,8 @@ def bytes_model(provider: str) -> str:
         return "n/a"
     if provider.startswith("sdk-"):
         return "fused"
+    if provider in EXTERNAL:
+        return "external"
     return provider
 
 
@@ -193,15 +256,19 @@ def _es(dt: torch.dtype) -> int:
 
 
 def moved_bytes(provider: str, op: str, mode: str, numel: int, dtypes: Sequence[torch.dtype], p: Optional[float],
-                device: str) -> float:
+                device: str, H: int = 0) -> float:
     """Bytes moved by one call (see the module docstring); NaN where not counted.
 
-    ``dtypes`` is (residual, branch, out) for drop_path_add and (x, x, x) for
-    drop_path.  ``mode`` is fwd, fwd-nograd, bwd or fwd+bwd (baselines: any).
+    ``dtypes`` is (residual, branch, out) for drop_path_add, (x, x, x) for
+    drop_path and (residual, branch, x, h) for the add + norm ops.  ``mode`` is
+    fwd, fwd-nograd, bwd or fwd+bwd (baselines: any).  ``H``: the add + norm
+    rows' length (CUDA's compiled forward re-reads rows past 1024).
     """
     if mode == "fwd+bwd":
-        return (moved_bytes(provider, op, "fwd", numel, dtypes, p, device)
-                + moved_bytes(provider, op, "bwd", numel, dtypes, p, device))
+        return (moved_bytes(provider, op, "fwd", numel, dtypes, p, device, H)
+                + moved_bytes(provider, op, "bwd", numel, dtypes, p, device, H))
+    if op in NORM_OPS:
+        return _norm_bytes(provider, mode in ("fwd", "fwd-nograd"), float(numel), dtypes, 1.0 - (p or 0.0), device, H)
     fwd = mode in ("fwd", "fwd-nograd")
     er, eb, eo = (_es(d) for d in dtypes)
     n = float(numel)
@@ -262,6 +329,29 @@ def _ls_bytes(model: str, fwd: bool, n: float, er: int, eb: int, eo: int, q: flo
     raise ValueError(f"no LayerScale bytes model for {model!r}")
 
 
+def _norm_bytes(provider: str, fwd: bool, n: float, dtypes, q: float, device: str, H: int) -> float:
+    """Bytes of the add + norm ops (the table in the module docstring)."""
+    er, eb, ex, eh = (_es(d) for d in dtypes)
+    model = bytes_model(provider)
+    if model in ("copy", "clone"):
+        return 2 * n * er
+    if model == "n/a":
+        return float("nan")
+    if not fwd:
+        if model == "eager":
+            return n * (eh + 6 * ex + eb) + (n * (eh + ex) if device == "cuda" else 0.0)
+        return n * (2 * ex + eh + er + eb)
+    if model == "fused":
+        return n * (er + q * eb + ex + eh)
+    if model == "eager":
+        return n * (3 * eb + er + 2 * ex + eh)
+    if model == "compiled":
+        return n * (er + eb + ex + eh) + (n * (er + eb) if device == "cuda" and H > 1024 else 0.0)
+    if model == "external":
+        return n * (er + eb + ex + eh)
+    raise ValueError(f"no bytes model for provider {provider!r} and the add + norm ops")
+
+
 # ------------------------------------------------------------- callables ----
 
 def _to_front(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -298,6 +388,51 @@ def eager_tv_dp(x, p: float, sample_dim: int):
     return _from_front(torchvision_stochastic_depth(_to_front(x, sample_dim), p, "row", True), sample_dim)
 
 
+def eager_add_norm(residual, branch, weight, bias, p: float, sample_dim: int, rms: bool):
+    """``x = residual + timm_drop_path(branch)``, ``h = F.layer_norm(x)`` / ``F.rms_norm(x)``: the eager code
+    of a pre-norm block (also what ``compile`` compiles for the add + norm ops)."""
+    import torch.nn.functional as F
+
+    x = eager_timm_add(residual, branch, p, sample_dim)
+    H = x.shape[-1]
+    h = F.rms_norm(x, (H,), weight, NORM_EPS) if rms else F.layer_norm(x, (H,), weight, bias, NORM_EPS)
+    return x, h
+
+
+def _keep_rowscale(branch, p: float, sample_dim: int):
+    """flash-attention's drop path: a per-row scale in the branch's dtype (kept / (1 - p), or 0)."""
+    n = branch.shape[sample_dim]
+    keep = torch.empty(n, device=branch.device, dtype=torch.float32).bernoulli_(1.0 - p) / (1.0 - p)
+    view = [1] * (branch.dim() - 1)
+    view[sample_dim] = n
+    return keep.to(branch.dtype).reshape(view).expand(branch.shape[:-1])
+
+
+def flash_attn_add_norm(residual, branch, weight, bias, p: float, sample_dim: int, rms: bool):
+    """flash-attention's ``layer_norm_fn`` (prenorm: returns the norm and the new residual), drop path as rowscale."""
+    from flash_attn.ops.triton.layer_norm import layer_norm_fn
+
+    rowscale = _keep_rowscale(branch, p, sample_dim) if p > 0 else None
+    h, x = layer_norm_fn(branch, weight, bias, residual=residual, eps=NORM_EPS, rowscale=rowscale, prenorm=True,
+                         residual_in_fp32=residual.dtype == torch.float32, is_rms_norm=rms)
+    return x, h
+
+
+@functools.lru_cache(maxsize=None)
+def _liger_module(H: int, device: str, dtype: torch.dtype):
+    from liger_kernel.transformers.fused_add_rms_norm import LigerFusedAddRMSNorm
+
+    return LigerFusedAddRMSNorm(H, eps=NORM_EPS).to(device=device, dtype=dtype)
+
+
+def liger_add_rms_norm(residual, branch, weight, bias, p: float, sample_dim: int, rms: bool):
+    """Liger-Kernel's fused add + RMSNorm of the whole branch (it has no drop path; ``p`` is ignored)."""
+    m = _liger_module(branch.shape[-1], str(branch.device), weight.dtype)
+    m.weight = torch.nn.Parameter(weight) if not isinstance(weight, torch.nn.Parameter) else weight
+    h, x = m(branch, residual)
+    return x, h
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(op: str):
     import torch._dynamo
@@ -316,7 +451,8 @@ def _compiled(op: str):
             fconfig.donated_buffer = False
     except ImportError:  # pragma: no cover
         pass
-    fn = {"drop_path_add": eager_timm_add, "drop_path": eager_timm_dp, "drop_path_add_ls": eager_timm_ls_add}[op]
+    fn = {"drop_path_add": eager_timm_add, "drop_path": eager_timm_dp,
+          "drop_path_add_ls": eager_timm_ls_add}.get(op, eager_add_norm)
     return torch.compile(fn, dynamic=False)
 
 
@@ -369,4 +505,21 @@ def make_forward(provider: str, op: str, p: float, sample_dim: int, channel_dim:
 
             be = provider[4:]
             return lambda x: sdkernels.drop_path(x, p, sample_dim=sd, backend=be)
+    elif op in NORM_OPS:
+        rms = op == "add_rmsnorm"
+        if provider == "eager_timm":
+            return lambda r, b, w, bias=None: eager_add_norm(r, b, w, bias, p, sd, rms)
+        if provider == COMPILE:
+            cf = _compiled(op)
+            return lambda r, b, w, bias=None: cf(r, b, w, bias, p, sd, rms)
+        if provider == "flash_attn":
+            return lambda r, b, w, bias=None: flash_attn_add_norm(r, b, w, bias, p, sd, rms)
+        if provider == "liger":
+            return lambda r, b, w, bias=None: liger_add_rms_norm(r, b, w, bias, p, sd, rms)
+        if provider.startswith("sdk-"):
+            import sdkernels
+
+            be, norm = provider[4:], ("rms" if rms else "layer")
+            return lambda r, b, w, bias=None: sdkernels.drop_path_add_norm(r, b, p, w, bias, NORM_EPS, norm=norm,
+                                                                           sample_dim=sd, backend=be)
     raise ValueError(f"no forward for provider {provider!r} and op {op!r}")

@@ -12,7 +12,8 @@ Required keys (a suite must set them):
 
 =============  ======================================================================
 suite          "ops", "e2e" or "blocks"
-op             what is measured: "drop_path_add", "drop_path", "drop_path_add_ls" (ops), "vit_block" (e2e),
+op             what is measured: "drop_path_add", "drop_path", "drop_path_add_ls", "add_layernorm",
+               "add_rmsnorm" (ops), "vit_block" (e2e), "vit_s..." (models), "vit-digits" (train),
                "vit_b_block", "resnet_bottleneck" (blocks), ...
 size           a size name ("vit-b", "small", ...; e2e: "vit-b-block"; blocks: e.g. "vit-b-block")
 shape          the activation shape as "64x197x768"
@@ -50,7 +51,7 @@ syncs_per_step     blocks --profile on CUDA: blocking CUDA runtime calls (host s
 top_ops            blocks --profile: the 5 top-level operators taking the most host time per step
 top_kernels        blocks --profile on CUDA: the 5 kernels taking the most device time per step
 bytes              bytes moved per call (benchmarks.providers.moved_bytes)
-bytes_model        "fused", "eager", "compiled", "copy", "add", "scale" or "n/a"
+bytes_model        "fused", "eager", "compiled", "external", "copy", "add", "scale" or "n/a"
 tensor_mb          size of one output-dtype tensor, MB (10^6 bytes)
 gbps               bytes / time, GB/s (10^9)
 frac_copy          gbps / the copy baseline's gbps for the same shape, same run
@@ -503,12 +504,56 @@ def headline(rows: Sequence[Dict]) -> str:
                 if parts:
                     what = "" if op == "drop_path_add" else f"{op} "
                     out.append(f"{what}{size} {shape} {dtype} p={p:g} {prov}: " + ", ".join(parts))
+    out += _norm_headline(rows)
     for r in rows:
         if r["suite"] in ("e2e", "blocks") and _ok(r) and r.get("speedup_vs_eager") and r["provider"] not in EAGER_BASELINES:
             out.append(f"{r['suite']} {r['op']} {r['size']} {r['dtype']} p={r['p']:g} {r['provider']}: "
                        f"{_time_str(r['time_ms'])}/step, {r.get('items_per_s') or 0:.1f} items/s, "
                        f"vs eager {r['speedup_vs_eager']:.3f}x")
     return "\n".join(out)
+
+
+NORM_OPS = ("add_layernorm", "add_rmsnorm")
+
+
+def _norm_headline(rows: Sequence[Dict]) -> List[str]:
+    """The add + norm ops (issue 14): per op, case, p and sdk backend, the forward and backward
+    against eager, compile and the other libraries' fused kernels (time ratios), with their
+    fractions of the copy bandwidth; then the same from the kernels' own times (gpu_ms)."""
+    keys = []
+    for r in rows:
+        if (r["suite"] == "ops" and r["op"] in NORM_OPS and _ok(r) and r["provider"].startswith("sdk-")
+                and r["provider"] != "sdk-reference" and r["mode"] in ("fwd", "bwd")):
+            k = (r["op"], r["size"], r["shape"], r["dtype"], r["p"], r["provider"])
+            if k not in keys:
+                keys.append(k)
+    out = []
+    for op, size, shape, dtype, p, prov in keys:
+        sel = dict(suite="ops", op=op, size=size, shape=shape, dtype=dtype, p=p)
+        parts, gpu = [], []
+        for mode in ("fwd", "bwd"):
+            r = _find(rows, provider=prov, mode=mode, **sel)
+            if not r:
+                continue
+            txt = f"{mode} {_time_str(r['time_ms'])}"
+            if r.get("frac_copy"):
+                txt += f" {100 * r['frac_copy']:.0f}% copy BW"
+            if r.get("speedup_vs_eager"):
+                txt += f" {r['speedup_vs_eager']:.2f}x eager"
+            if r.get("speedup_vs_compile"):
+                txt += f" {r['speedup_vs_compile']:.2f}x compile"
+            for ext in ("flash_attn", "liger"):
+                e = _find(rows, provider=ext, mode=mode, **sel)
+                if e:
+                    txt += f" {e['time_ms'] / r['time_ms']:.2f}x {ext}"
+            parts.append(txt)
+            if _has_gpu(r):
+                gpu.append(_gpu_part(mode, r))
+        if gpu:
+            parts.append("GPU only: " + "; ".join(gpu))
+        if parts:
+            out.append(f"{op} {size} {shape} {dtype} p={p:g} {prov}: " + ", ".join(parts))
+    return out
 
 
 def main(argv=None) -> int:

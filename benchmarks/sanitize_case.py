@@ -6,9 +6,11 @@
 
 Odd shapes (tails, one block spanning rows, sample_dim 1, channels_last),
 fp32/bf16/mixed dtypes, p in {0.5, 1}; both ops, forward and backward, each
-checked against ``sdkernels.reference`` with the same seeded draw; and the
+checked against ``sdkernels.reference`` with the same seeded draw; the
 LayerScale ops (issue 13: ``layer_scale=gamma``, every row-view kind, few
-rows with many channels), output and the three gradients.  With the
+rows with many channels), output and the three gradients; then the
+add + norm op (issue 14) on short, long (streaming / loop-path) and unaligned
+rows, LayerNorm and RMSNorm with LayerScale, all five gradients.  With the
 caching allocator off (the variable above), an out-of-bounds access lands
 outside its allocation, where memcheck sees it.  Exit status 1 on a mismatch.
 """
@@ -148,6 +150,71 @@ def run_layer_scale(device: str, backends):
     return n, bad
 
 
+# ---- add + norm (issue 14) -----------------------------------------------------------------------
+# Row lengths: short rows, a tail, rows past the CUDA register budget (streaming) and Triton's loop
+# path (H > 16384); a storage offset of one element (unaligned rows: the scalar path).
+NORM_SHAPES = [
+    ((7, 3, 33), 1, 0),
+    ((3, 2, 20000), 0, 0),
+    ((4, 2, 64), 0, 1),
+]
+NORM_DTYPES = [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)]  # few: Triton compiles each
+
+
+def _offset(t: torch.Tensor, off: int) -> torch.Tensor:
+    if off == 0:
+        return t
+    buf = torch.empty(t.numel() + off, dtype=t.dtype, device=t.device)
+    out = buf[off:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def run_add_norm(device: str, backends) -> int:
+    """drop_path_add_norm forward + backward (all five gradients) against the reference, same draws."""
+    import sdkernels
+    from sdkernels import reference
+
+    bad = n = 0
+    for be in backends:
+        for shape, sd, off in NORM_SHAPES:
+            for rd, bd in NORM_DTYPES:
+                for p in (0.5,):
+                    for norm in ("layer", "rms"):
+                        g = torch.Generator(device="cpu").manual_seed(n)
+                        H = shape[-1]
+                        r = _offset(torch.randn(shape, generator=g).to(device=device, dtype=rd), off).requires_grad_()
+                        b = _offset(torch.randn(shape, generator=g).to(device=device, dtype=bd), off).requires_grad_()
+                        w, bias, gm = (torch.randn(H, generator=g).to(device).requires_grad_() for _ in range(3))
+                        if norm == "rms":
+                            bias = None
+                        ins = [t for t in (r, b, w, bias, gm) if t is not None]
+                        outs, grads = [], None
+                        for fn in (sdkernels.drop_path_add_norm, reference.drop_path_add_norm):
+                            gen = torch.Generator(device=device).manual_seed(2000 + n)
+                            kw = dict(norm=norm, sample_dim=sd, layer_scale=gm, generator=gen)
+                            if fn is sdkernels.drop_path_add_norm:
+                                kw["backend"] = be
+                            x, h = fn(r, b, p, w, bias, 1e-5, **kw)
+                            if grads is None:  # the same incoming gradients for both
+                                grads = tuple(torch.randn(t.shape, generator=g).to(device=device, dtype=t.dtype)
+                                              for t in (x, h))
+                            outs.append([x, h] + list(torch.autograd.grad((x, h), ins, grads)))
+                        for k, (a, e) in enumerate(zip(*outs)):
+                            rtol, atol = _tol(a.dtype)
+                            if a.dtype != e.dtype or not torch.allclose(a.float(), e.float(), rtol=rtol * 10,
+                                                                        atol=atol * 10 + 1e-4 * H ** 0.5):
+                                bad += 1
+                                print(f"MISMATCH add_norm backend={be} shape={shape} sample_dim={sd} offset={off} "
+                                      f"dtypes={rd},{bd} p={p} norm={norm} output#{k}")
+                        n += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print(f"sanitize_case: {n} add_norm cases on {device} (backends {', '.join(backends)}): "
+          f"{'all match the reference' if not bad else f'{bad} MISMATCHES'}")
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -171,7 +238,14 @@ def main(argv=None) -> int:
         print(f"sanitize_case: no sdkernels backend for {a.device}; available: {sdkernels.available_backends()}",
               file=sys.stderr)
         return 2
-    return run(a.device, backends)
+    rc = run(a.device, backends)
+    from sdkernels import add_norm
+
+    norm_backends = [name for name in add_norm.available_add_norm_backends() if name != "reference"
+                     and (add_norm._BACKENDS[name].devices is None or a.device in add_norm._BACKENDS[name].devices)]
+    if a.backends:
+        norm_backends = [b for b in norm_backends if b in backends]
+    return max(rc, run_add_norm(a.device, norm_backends)) if norm_backends else rc
 
 
 if __name__ == "__main__":

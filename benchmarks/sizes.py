@@ -18,11 +18,12 @@ __all__ = [
     "DTYPES",
     "MODES",
     "OPS",
+    "NORM_OPS",
     "SUITES",
     "DEFAULT_PS",
+    "DEFAULT_NORM_PS",
     "default_cases",
     "cases_from",
-    "cases_for_op",
     "parse_names",
     "dtype_pair",
 ]
@@ -76,6 +77,8 @@ _SIZE_LIST = [
     # LayerScale (issue 13): ConvNeXt-T stage 1, gamma on channel_dim 1 of channels_last NCHW.
     Size("convnext-s1-cl", (64, 96, 56, 56), channels_last=True, channel_dim=1,
          about="ConvNeXt stage-1 activation, channels_last, LayerScale on dim 1"),
+    # add + norm (issue 14): LLM rows of 8192 (16384 rows, like llm's 16384 rows of 4096)
+    Size("llm-8k", (2048, 8, 8192), sample_dim=1, about="LLM layer, 16384 rows of 8192, seq-first, sample_dim=1"),
 ]
 SIZES: Dict[str, Size] = {s.name: s for s in _SIZE_LIST}
 
@@ -93,13 +96,17 @@ DTYPES: Dict[str, Tuple[torch.dtype, torch.dtype]] = {
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd-nograd")
 DEFAULT_MODES = ("fwd", "bwd", "fwd+bwd")
 #: drop_path_add: residual + drop_path(branch); drop_path: drop_path(x) alone;
-#: drop_path_add_ls: residual + drop_path(gamma * branch) (LayerScale, issue 13; opt-in).
-OPS = ("drop_path_add", "drop_path", "drop_path_add_ls")
+#: drop_path_add_ls: residual + drop_path(gamma * branch) (LayerScale, issue 13; opt-in);
+#: add_layernorm / add_rmsnorm (issue 14): x = residual + drop_path(branch) and h = norm(x) over the last dim.
+OPS = ("drop_path_add", "drop_path", "drop_path_add_ls", "add_layernorm", "add_rmsnorm")
+NORM_OPS = ("add_layernorm", "add_rmsnorm")
 #: ops: the op suite; e2e: ViT-B block training step; blocks: skip-path block suite; models: real timm
 #: models' training steps, eager vs sdkernels.convert (eager and compiled); train: a small ViT trained on
 #: scikit-learn's digits, eager vs convert (accuracy).  "all" runs every one of them.
 SUITES = ("ops", "e2e", "blocks", "models", "train")
 DEFAULT_PS = (0.1, 0.5)
+#: The add + norm ops' default: the issue's p (a drop rate of a deep ViT's later blocks).
+DEFAULT_NORM_PS = (0.1,)
 
 
 @dataclass(frozen=True)
@@ -152,27 +159,31 @@ _QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]
 _LS_CPU = [("vit-b", "fp32"), ("vit-b", "bf16"), ("convnext-s1-cl", "fp32")]
 _LS_GPU = [("vit-b", "fp32"), ("vit-b", "bf16"), ("convnext-s1-cl", "bf16"), ("convnext-s1-cl", "fp32")]
 _LS_QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]
+# add + norm ops: the issue's goal cases (ViT-B and ViT-L tokens, LLM rows of 4096 and 8192; bf16
+# and autocast's fp32 residual + bf16 branch).  CPU: ViT-B only (fp32 above glibc's 32 MB line, bf16
+# and mixed below it); the LLM rows take minutes on 2 cores (--sizes llm,llm-8k).
+_NORM_CPU_DEFAULT = [("vit-b", "fp32"), ("vit-b", "bf16"), ("vit-b", "fp32+bf16")]
+_NORM_GPU_DEFAULT = [("vit-b", "bf16"), ("vit-l", "bf16"), ("llm", "bf16"), ("llm-8k", "bf16"),
+                     ("vit-l", "fp32+bf16"), ("llm", "fp32+bf16")]
+_NORM_QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]
 
 
-def default_cases(device: str, quick: bool = False) -> List[Case]:
-    """The cases run when neither --sizes nor --dtypes is given."""
-    if quick:
+def default_cases(device: str, quick: bool = False, op: str = None) -> List[Case]:
+    """The cases run when neither --sizes nor --dtypes is given (``op``: the LayerScale and add + norm ops
+    have their own)."""
+    if op in NORM_OPS:
+        pairs = _NORM_QUICK if quick else (_NORM_GPU_DEFAULT if device == "cuda" else _NORM_CPU_DEFAULT)
+    elif op == "drop_path_add_ls":
+        pairs = _LS_QUICK if quick else (_LS_GPU if device == "cuda" else _LS_CPU)
+    elif quick:
         pairs = _QUICK
     else:
         pairs = _GPU_DEFAULT if device == "cuda" else _CPU_DEFAULT
     return [Case(SIZES[s], d) for s, d in pairs]
 
 
-def cases_for_op(op: str, device: str, sizes: Sequence[str] = None, dtypes: Sequence[str] = None,
-                 quick: bool = False) -> List[Case]:
-    """The cases of ``op``: :func:`cases_from`, but ``drop_path_add_ls`` has its own defaults."""
-    if op == "drop_path_add_ls" and not sizes and not dtypes:
-        pairs = _LS_QUICK if quick else (_LS_GPU if device == "cuda" else _LS_CPU)
-        return [Case(SIZES[s], d) for s, d in pairs]
-    return cases_from(device, sizes, dtypes, quick)
-
-
-def cases_from(device: str, sizes: Sequence[str] = None, dtypes: Sequence[str] = None, quick: bool = False) -> List[Case]:
+def cases_from(device: str, sizes: Sequence[str] = None, dtypes: Sequence[str] = None, quick: bool = False,
+               op: str = None) -> List[Case]:
     """Cases for the given size and dtype names.
 
     Both given: their cross product.  Only sizes: each size in the dtypes
@@ -180,8 +191,8 @@ def cases_from(device: str, sizes: Sequence[str] = None, dtypes: Sequence[str] =
     in those dtypes.  Neither: :func:`default_cases`.
     """
     if not sizes and not dtypes:
-        return default_cases(device, quick)
-    base = default_cases(device, quick)
+        return default_cases(device, quick, op)
+    base = default_cases(device, quick, op)
     if sizes and dtypes:
         return [Case(SIZES[s], d) for s in sizes for d in dtypes]
     if sizes:

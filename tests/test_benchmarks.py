@@ -421,12 +421,12 @@ def test_bytes_layer_scale(p):
 
 
 def test_layer_scale_cases_and_rows():
-    cpu = [c.name for c in S.cases_for_op("drop_path_add_ls", "cpu")]
+    cpu = [c.name for c in S.cases_from("cpu", op="drop_path_add_ls")]
     assert cpu == ["vit-b/fp32", "vit-b/bf16", "convnext-s1-cl/fp32"]
     cl = S.SIZES["convnext-s1-cl"]
     assert cl.shape == (64, 96, 56, 56) and cl.channels_last and cl.channel_dim == 1
-    assert "convnext-s1-cl/bf16" in [c.name for c in S.cases_for_op("drop_path_add_ls", "cuda")]
-    assert S.cases_for_op("drop_path_add", "cpu") == S.cases_from("cpu")
+    assert "convnext-s1-cl/bf16" in [c.name for c in S.cases_from("cuda", op="drop_path_add_ls")]
+    assert S.cases_from("cpu", op="drop_path_add") == S.cases_from("cpu")
     small = S.Case(S.Size("tiny-cl", (4, 6, 3, 5), channels_last=True, channel_dim=1), "fp32")
     plans = opsuite.plan_ops(["drop_path_add_ls"], {"drop_path_add_ls": [small]},
                              ["eager_timm", "eager_tv", "sdk-cpu", "add"], ["fwd", "bwd"], [0.5])
