@@ -92,9 +92,14 @@ def run(device: str, backends) -> int:
     n_ls, bad_ls = run_layer_scale(device, backends)
     n += n_ls
     bad += bad_ls
+    return _report(n, bad, "cases", device, backends)
+
+
+def _report(n: int, bad: int, what: str, device: str, backends) -> int:
+    """The summary line (synchronised first: an asynchronous fault surfaces here); exit status 1 on a mismatch."""
     if device == "cuda":
         torch.cuda.synchronize()
-    print(f"sanitize_case: {n} cases on {device} (backends {', '.join(backends)}): "
+    print(f"sanitize_case: {n} {what} on {device} (backends {', '.join(backends)}): "
           f"{'all match the reference' if not bad else f'{bad} MISMATCHES'}")
     return 1 if bad else 0
 
@@ -208,11 +213,7 @@ def run_add_norm(device: str, backends) -> int:
                                 print(f"MISMATCH add_norm backend={be} shape={shape} sample_dim={sd} offset={off} "
                                       f"dtypes={rd},{bd} p={p} norm={norm} output#{k}")
                         n += 1
-    if device == "cuda":
-        torch.cuda.synchronize()
-    print(f"sanitize_case: {n} add_norm cases on {device} (backends {', '.join(backends)}): "
-          f"{'all match the reference' if not bad else f'{bad} MISMATCHES'}")
-    return 1 if bad else 0
+    return _report(n, bad, "add_norm cases", device, backends)
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from .drop_path import INTERPRET, _multiplier, _next_pow2, _to_acc, _to_out, split_alpha
+from .scaled_index_add import _alpha
 
 __all__ = [
     "MAX_FUSED_N",
@@ -84,14 +85,6 @@ def _mul_rn(a, b):
 
 
 @triton.jit
-def _eps(e_hi, e_mid, e_lo, ACC64: tl.constexpr):
-    if ACC64:
-        return tl.cast(e_hi, tl.float64) + tl.cast(e_mid, tl.float64) + tl.cast(e_lo, tl.float64)
-    else:
-        return tl.cast(e_hi, tl.float32)
-
-
-@triton.jit
 def _row_samples(rows, H, inner, n):
     return ((rows * H) // inner) % n
 
@@ -130,7 +123,7 @@ def _add_norm_fwd_kernel(
     sc = tl.load(scale_ptr + _row_samples(rows, H, inner, n), mask=row_ok, other=0)
     kept = sc != 0
     m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
-    eps = _eps(a_eps_hi, a_eps_mid, a_eps_lo, ACC64)
+    eps = _alpha(a_eps_hi, a_eps_mid, a_eps_lo, ACC64)  # eps rebuilt from its fp32 pieces like alpha
     xdt = x_ptr.dtype.element_ty
     if not LOOP:
         cols = tl.arange(0, BLOCK_N).to(tl.int64)  # int64 like every other offset
@@ -301,25 +294,18 @@ def _add_norm_bwd_kernel(
             if not RMS:
                 mean = tl.load(mean_ptr + rows, mask=row_ok, other=0)
             rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0)
-            a1 = tl.zeros([1, BLOCK_N], dtype=adt)
-            a2 = tl.zeros([1, BLOCK_N], dtype=adt)
+            s1 = tl.zeros([1], dtype=adt)
+            s2 = tl.zeros([1], dtype=adt)
             for c0 in range(0, H, BLOCK_N):
                 cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
                 cmask = cols < H
                 mask = row_ok[:, None] & cmask[None, :]
                 offs = rows[:, None] * H + cols[None, :]
-                xa = _to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64)
-                if RMS:
-                    xhat = tl.where(mask, xa * rstd[:, None], 0.0)
-                else:
-                    xhat = tl.where(mask, (xa - mean[:, None]) * rstd[:, None], 0.0)
-                dy = _to_acc(tl.load(gh_ptr + offs, mask=mask, other=0), ACC64)
-                if HAS_W:
-                    dy = dy * _to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
-                a1 += dy * xhat
-                a2 += dy
-            c1 = tl.sum(a1, axis=1) / H
-            c2 = tl.sum(a2, axis=1) / H
+                b1, b2 = _bwd_row_sums(x_ptr, gh_ptr, w_ptr, offs, cols, cmask, mask, mean, rstd, HAS_W, RMS, ACC64)
+                s1 += b1
+                s2 += b2
+            c1 = s1 / H
+            c2 = s2 / H
             for c0 in range(0, H, BLOCK_N):
                 cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
                 cmask = cols < H

@@ -103,6 +103,16 @@ __device__ __forceinline__ A block_sum(A v, A* red) {
   return tot;
 }
 
+// f(c, col) for each register chunk c of thread t (of T) that holds columns [col, col + VEC) of the row.
+template <int R, int VEC, typename F>
+__device__ __forceinline__ void for_each_chunk(int chunks, int64_t t, int64_t T, int64_t H, F&& f) {
+#pragma unroll
+  for (int c = 0; c < R; ++c) {
+    const int64_t col = ai::chunk_column(c, t, T, VEC);
+    if (c < chunks && col < H) f(c, col);
+  }
+}
+
 struct Rows {
   int64_t rows, H, n, inner;
 };
@@ -160,15 +170,11 @@ __global__ void __launch_bounds__(ai::kMaxThreads)
     const bool keep = ::sdkernels::cuda_launch::multiplier(scale, scale_f64, ai::sample_of_row(row, H, L.inner, L.n), alpha, m);
     A sum = A(0);
     if constexpr (!STREAM) {
+      for_each_chunk<kRegs, VEC>(chunks, t, T, H, [&](int c, int64_t col) {
+        add_vec<VEC, R, B, X, A>(r, b, x, gamma, base, col, keep, m, xr[c]);
 #pragma unroll
-      for (int c = 0; c < kRegs; ++c) {
-        const int64_t col = ai::chunk_column(c, t, T, VEC);
-        if (c < chunks && col < H) {
-          add_vec<VEC, R, B, X, A>(r, b, x, gamma, base, col, keep, m, xr[c]);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) sum += xr[c][j];
-        }
-      }
+        for (int j = 0; j < VEC; ++j) sum += xr[c][j];
+      });
     } else {
       for (int64_t col = t * VEC; col < H; col += T * VEC) {
         A xv[VEC];
@@ -180,17 +186,13 @@ __global__ void __launch_bounds__(ai::kMaxThreads)
     const A mean = rms ? A(0) : block_sum(sum, red) / static_cast<A>(H);
     A sq = A(0);
     if constexpr (!STREAM) {
+      for_each_chunk<kRegs, VEC>(chunks, t, T, H, [&](int c, int64_t) {
 #pragma unroll
-      for (int c = 0; c < kRegs; ++c) {
-        const int64_t col = ai::chunk_column(c, t, T, VEC);
-        if (c < chunks && col < H) {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) {
-            const A d = xr[c][j] - mean;
-            sq += d * d;
-          }
+        for (int j = 0; j < VEC; ++j) {
+          const A d = xr[c][j] - mean;
+          sq += d * d;
         }
-      }
+      });
     } else {
       for (int64_t col = t * VEC; col < H; col += T * VEC) {
         A xv[VEC];
@@ -204,11 +206,9 @@ __global__ void __launch_bounds__(ai::kMaxThreads)
     }
     const A rstd = A(1) / sqrt(block_sum(sq, red) / static_cast<A>(H) + eps);
     if constexpr (!STREAM) {
-#pragma unroll
-      for (int c = 0; c < kRegs; ++c) {
-        const int64_t col = ai::chunk_column(c, t, T, VEC);
-        if (c < chunks && col < H) norm_vec<VEC, Hh, A>(h, w, bias, base, col, mean, rstd, xr[c]);
-      }
+      for_each_chunk<kRegs, VEC>(chunks, t, T, H, [&](int c, int64_t col) {
+        norm_vec<VEC, Hh, A>(h, w, bias, base, col, mean, rstd, xr[c]);
+      });
     } else {
       for (int64_t col = t * VEC; col < H; col += T * VEC) {
         A xv[VEC];
@@ -310,30 +310,23 @@ __global__ void __launch_bounds__(ai::kMaxThreads)
     A s1 = A(0), s2 = A(0);
     if constexpr (!STREAM) {
       A xh[kRegs][VEC], dy[kRegs][VEC];
+      for_each_chunk<kRegs, VEC>(chunks, t, T, H, [&](int c, int64_t col) {
+        A g[VEC];
+        load_xhat_dy<X, Hh, A, VEC>(x, gh, w, base, col, mean, rstd, xh[c], g, dy[c]);
 #pragma unroll
-      for (int c = 0; c < kRegs; ++c) {
-        const int64_t col = ai::chunk_column(c, t, T, VEC);
-        if (c < chunks && col < H) {
-          A g[VEC];
-          load_xhat_dy<X, Hh, A, VEC>(x, gh, w, base, col, mean, rstd, xh[c], g, dy[c]);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) {
-            aw[c][j] += g[j] * xh[c][j];
-            ab[c][j] += g[j];
-            s1 += dy[c][j] * xh[c][j];
-            s2 += dy[c][j];
-          }
+        for (int j = 0; j < VEC; ++j) {
+          aw[c][j] += g[j] * xh[c][j];
+          ab[c][j] += g[j];
+          s1 += dy[c][j] * xh[c][j];
+          s2 += dy[c][j];
         }
-      }
+      });
       const A c1 = block_sum(s1, red) / static_cast<A>(H);
       const A c2 = mean_in != nullptr ? block_sum(s2, red) / static_cast<A>(H) : A(0);
-#pragma unroll
-      for (int c = 0; c < kRegs; ++c) {
-        const int64_t col = ai::chunk_column(c, t, T, VEC);
-        if (c < chunks && col < H)
-          write_grads<R, B, X, A, VEC>(gr, gb, gx, branch, gamma, base, col, keep, m, rstd, c1, c2, xh[c], dy[c],
-                                       ag[c]);
-      }
+      for_each_chunk<kRegs, VEC>(chunks, t, T, H, [&](int c, int64_t col) {
+        write_grads<R, B, X, A, VEC>(gr, gb, gx, branch, gamma, base, col, keep, m, rstd, c1, c2, xh[c], dy[c],
+                                     ag[c]);
+      });
     } else {
       for (int64_t col = t * VEC; col < H; col += T * VEC) {
         A xh[VEC], g[VEC], dy[VEC];
@@ -364,18 +357,14 @@ __global__ void __launch_bounds__(ai::kMaxThreads)
   }
   if constexpr (!STREAM) {
     // Every block writes its partial row, rows or not.
+    for_each_chunk<kRegs, VEC>(chunks, t, T, H, [&](int c, int64_t col) {
 #pragma unroll
-    for (int c = 0; c < kRegs; ++c) {
-      const int64_t col = ai::chunk_column(c, t, T, VEC);
-      if (c < chunks && col < H) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          if (pw != nullptr) pw[prow + col + j] = aw[c][j];
-          if (pb != nullptr) pb[prow + col + j] = ab[c][j];
-          if (pg != nullptr) pg[prow + col + j] = ag[c][j];
-        }
+      for (int j = 0; j < VEC; ++j) {
+        if (pw != nullptr) pw[prow + col + j] = aw[c][j];
+        if (pb != nullptr) pb[prow + col + j] = ab[c][j];
+        if (pg != nullptr) pg[prow + col + j] = ag[c][j];
       }
-    }
+    });
   }
 }
 
