@@ -2,8 +2,8 @@
 // sdkernels/reference.py: add_norm, add_norm_backward).
 //
 // One pass over memory per direction.  A thread takes whole rows (the H
-// elements of the normalised last dim) and keeps the row it works on in
-// small fp32 (fp64) buffers, which stay in L1/L2:
+// elements of the normalised last dim) and keeps the row it works on in a
+// small fp32 (fp64) buffer, which stays in L1/L2:
 //   forward:  read residual, read branch (kept samples only), write x, then
 //             the statistics and h from x as stored (re-read from the buffer);
 //   backward: read x, grad_h and grad_x, write grad_residual and grad_branch
@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/add_norm_index.h"
@@ -58,16 +59,6 @@ SDK_ALWAYS_INLINE void load_typed(const T* __restrict src, A* __restrict dst, in
 template <typename T, typename A>
 SDK_ALWAYS_INLINE void store_typed(T* __restrict dst, const A* __restrict src, int64_t len) {
   for (int64_t k = 0; k < len; ++k) dst[k] = from_acc<T, A>(src[k]);
-}
-
-// dst = src rounded to T, and src = what was stored (x as the next block reads it).
-template <typename T, typename A>
-SDK_ALWAYS_INLINE void store_roundtrip_typed(T* __restrict dst, A* __restrict src, int64_t len) {
-  for (int64_t k = 0; k < len; ++k) {
-    const T t = from_acc<T, A>(src[k]);
-    dst[k] = t;
-    src[k] = to_acc<A>(t);
-  }
 }
 
 #define SDK_ROW_SWITCH(ST, ...)                           \
@@ -106,9 +97,36 @@ SDK_ALWAYS_INLINE void store_row(at::ScalarType st, void* base, int64_t off, con
   SDK_ROW_SWITCH(st, store_typed<T, A>(static_cast<T*>(base) + off, src, len))
 }
 
-template <typename A>
-SDK_ALWAYS_INLINE void store_roundtrip_row(at::ScalarType st, void* base, int64_t off, A* src, int64_t len) {
-  SDK_ROW_SWITCH(st, store_roundtrip_typed<T, A>(static_cast<T*>(base) + off, src, len))
+// x of a row in the math dtype, straight from the inputs: residual (dropped sample),
+// residual + branch * m, or residual + (branch * gamma) * m (each product rounded).
+template <typename R, typename B, typename A>
+SDK_ALWAYS_INLINE void add_row_typed(const R* __restrict r, const B* __restrict b, const A* __restrict g, bool kept,
+                                     A m, A* __restrict xa, int64_t len) {
+  if (!kept) {
+    for (int64_t k = 0; k < len; ++k) xa[k] = to_acc<A>(r[k]);
+  } else if (g == nullptr) {
+    for (int64_t k = 0; k < len; ++k) {
+      const A bm = to_acc<A>(b[k]) * m;
+      xa[k] = to_acc<A>(r[k]) + bm;
+    }
+  } else {
+    for (int64_t k = 0; k < len; ++k) {
+      const A bg = to_acc<A>(b[k]) * g[k];
+      const A bgm = bg * m;
+      xa[k] = to_acc<A>(r[k]) + bgm;
+    }
+  }
+}
+
+// h = ((x - mean) * rstd) * w + bias, rounded once to H's dtype.
+template <typename Hh, typename A>
+SDK_ALWAYS_INLINE void norm_row_typed(Hh* __restrict h, const A* __restrict xa, const A* __restrict w,
+                                      const A* __restrict bias, A mean, A rstd, int64_t len) {
+  for (int64_t k = 0; k < len; ++k) {
+    const A xh = (xa[k] - mean) * rstd;
+    const A y = xh * w[k];
+    h[k] = from_acc<Hh, A>(y + bias[k]);
+  }
 }
 
 // ---- row sums: kLanes independent accumulators, folded in a fixed order ------
@@ -159,6 +177,34 @@ SDK_ALWAYS_INLINE A row_dot(const A* __restrict a, const A* __restrict b, int64_
   return fold(acc);
 }
 
+// src = dst converted back (x as stored) and the sum of it: one vectorised pass.
+template <typename T, typename A>
+SDK_ALWAYS_INLINE A load_sum_typed(const T* __restrict dst, A* __restrict src, int64_t len) {
+  A acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      src[k + j] = to_acc<A>(dst[k + j]);
+      acc[j] += src[k + j];
+    }
+  for (int j = 0; k + j < len; ++j) {
+    src[k + j] = to_acc<A>(dst[k + j]);
+    acc[j] += src[k + j];
+  }
+  return fold(acc);
+}
+
+// Stores x (rounded to T) and returns the sum of x as stored, left in src.
+template <typename T, typename A>
+SDK_ALWAYS_INLINE A store_x_sum_typed(T* __restrict dst, A* __restrict src, int64_t len) {
+  store_typed<T, A>(dst, src, len);
+  if constexpr (std::is_same_v<T, A>) {
+    return row_sum(src, len);
+  } else {
+    return load_sum_typed<T, A>(dst, src, len);
+  }
+}
+
 // ---- forward ------------------------------------------------------------------
 
 template <typename A>
@@ -175,54 +221,36 @@ struct FwdArgs {
 };
 
 template <typename A>
-SDK_ALWAYS_INLINE void fwd_rows_impl(const FwdArgs<A>& a, int64_t r0, int64_t r1, A* xa, A* t) {
+SDK_ALWAYS_INLINE void fwd_rows_impl(const FwdArgs<A>& a, int64_t r0, int64_t r1, A* xa) {
   const int64_t H = a.L.H;
   const A inv_h = A(1) / static_cast<A>(H);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t off = row * H;
     const int64_t s = ai::sample_of_row(row, H, a.L.inner, a.L.n);
-    load_row<A>(a.rdt, a.r, off, xa, H);
-    if (a.kept[s]) {
+    {
+      const bool kept = a.kept[s] != 0;
       const A m = a.m[s];
-      load_row<A>(a.bdt, a.b, off, t, H);
-      if (a.gamma != nullptr) {
-        const A* g = a.gamma;
-        for (int64_t k = 0; k < H; ++k) {
-          const A bg = t[k] * g[k];
-          const A bgm = bg * m;
-          xa[k] = xa[k] + bgm;
-        }
-      } else {
-        for (int64_t k = 0; k < H; ++k) {
-          const A bm = t[k] * m;
-          xa[k] = xa[k] + bm;
-        }
-      }
+      SDK_ROW_SWITCH(a.rdt, using RT = T; SDK_ROW_SWITCH(a.bdt, add_row_typed<RT, T, A>(
+          static_cast<const RT*>(a.r) + off, static_cast<const T*>(a.b) + off, a.gamma, kept, m, xa, H)))
     }
-    store_roundtrip_row<A>(a.xdt, a.x, off, xa, H);
-    const A mean = a.mean != nullptr ? row_sum(xa, H) * inv_h : A(0);
+    A sum = A(0);
+    SDK_ROW_SWITCH(a.xdt, sum = store_x_sum_typed<T, A>(static_cast<T*>(a.x) + off, xa, H))
+    const A mean = a.mean != nullptr ? sum * inv_h : A(0);
     const A var = row_sq_dev(xa, mean, H) * inv_h;
     const A rstd = A(1) / std::sqrt(var + a.eps);
-    const A* w = a.w;
-    const A* bb = a.bias;
-    for (int64_t k = 0; k < H; ++k) {
-      const A xh = (xa[k] - mean) * rstd;
-      const A y = xh * w[k];
-      t[k] = y + bb[k];
-    }
-    store_row<A>(a.hdt, a.h, off, t, H);
+    SDK_ROW_SWITCH(a.hdt, norm_row_typed<T, A>(static_cast<T*>(a.h) + off, xa, a.w, a.bias, mean, rstd, H))
     if (a.mean != nullptr) a.mean[row] = mean;
     a.rstd[row] = rstd;
   }
 }
 
 template <typename A>
-void fwd_rows_base(const FwdArgs<A>& a, int64_t r0, int64_t r1, A* xa, A* t) {
-  fwd_rows_impl(a, r0, r1, xa, t);
+void fwd_rows_base(const FwdArgs<A>& a, int64_t r0, int64_t r1, A* xa) {
+  fwd_rows_impl(a, r0, r1, xa);
 }
 template <typename A>
-SDK_TARGET_AVX2 void fwd_rows_avx2(const FwdArgs<A>& a, int64_t r0, int64_t r1, A* xa, A* t) {
-  fwd_rows_impl(a, r0, r1, xa, t);
+SDK_TARGET_AVX2 void fwd_rows_avx2(const FwdArgs<A>& a, int64_t r0, int64_t r1, A* xa) {
+  fwd_rows_impl(a, r0, r1, xa);
 }
 
 // The parameter vectors in the math dtype (ones / zeros when absent): H values, once per call.
@@ -262,11 +290,11 @@ void add_norm_fwd(const AddNormPlan& P, double alpha, double eps) {
   const bool avx2 = cpu::cpu_has_avx2();
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(H, 1));
   at::parallel_for(0, P.layout.rows, grain, [&](int64_t r0, int64_t r1) {
-    std::vector<A> buf(2 * H);
+    std::vector<A> xa(H);  // the row of x as stored, in the math dtype
     if (SDK_HAS_AVX2_CLONE && avx2) {
-      fwd_rows_avx2(a, r0, r1, buf.data(), buf.data() + H);
+      fwd_rows_avx2(a, r0, r1, xa.data());
     } else {
-      fwd_rows_base(a, r0, r1, buf.data(), buf.data() + H);
+      fwd_rows_base(a, r0, r1, xa.data());
     }
   });
 }
