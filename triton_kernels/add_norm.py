@@ -306,6 +306,9 @@ def _add_norm_bwd_kernel(
                 s2 += b2
             c1 = s1 / H
             c2 = s2 / H
+            # The partial rows are read back below by whichever thread the load's layout gives:
+            # the previous row's stores must be visible to it.
+            tl.debug_barrier()
             for c0 in range(0, H, BLOCK_N):
                 cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
                 cmask = cols < H
@@ -364,15 +367,24 @@ def _warps(elements: int) -> int:
     return max(1, min(16, elements // 512))
 
 
-@functools.lru_cache(maxsize=256)
 def forward_params(nrows: int, H: int) -> AddNormLaunch:
-    """The forward's launch for ``nrows`` rows of ``H``."""
+    """The forward's launch for ``nrows`` rows of ``H`` (cached for ints; SymInts while tracing are not hashed)."""
+    if type(nrows) is int and type(H) is int:
+        return _forward_params_cached(nrows, H)
+    return _forward_params(nrows, H)
+
+
+def _forward_params(nrows, H) -> AddNormLaunch:
     if _next_pow2(H) <= MAX_FUSED_N:
         block = _next_pow2(H)
         rows = max(1, min(_TILE // block, _next_pow2(nrows)))
         return AddNormLaunch(rows, block, False, _warps(rows * block), -(-nrows // rows))
     block = _LOOP_BLOCK
     return AddNormLaunch(1, block, True, _warps(block), nrows)
+
+
+_forward_params_cached = functools.lru_cache(maxsize=256)(_forward_params)
+forward_params.cache_clear = _forward_params_cached.cache_clear  # tests patch the heuristics' constants
 
 
 def _sm_count(device) -> int:
