@@ -432,16 +432,21 @@ def _find(rows, **kw):
     return None
 
 
-def _gpu_part(name: str, r: Dict) -> str:
-    """'fwd 84.1 us 94% copy BW 2.46x eager 0.97x compile' from a row's gpu_* columns."""
-    txt = f"{name} {_time_str(r['gpu_ms'])}"
-    if r.get("gpu_frac_copy"):
-        txt += f" {100 * r['gpu_frac_copy']:.0f}% copy BW"
-    if r.get("gpu_speedup_vs_eager"):
-        txt += f" {r['gpu_speedup_vs_eager']:.2f}x eager"
-    if r.get("gpu_speedup_vs_compile"):
-        txt += f" {r['gpu_speedup_vs_compile']:.2f}x compile"
+def _ratio_part(name: str, r: Dict, prefix: str = "") -> str:
+    """'fwd 84.1 us 94% copy BW 2.46x eager 0.97x compile' from a row's time columns (``prefix`` "gpu_": gpu_*)."""
+    txt = f"{name} {_time_str(r['gpu_ms' if prefix else 'time_ms'])}"
+    if r.get(prefix + "frac_copy"):
+        txt += f" {100 * r[prefix + 'frac_copy']:.0f}% copy BW"
+    if r.get(prefix + "speedup_vs_eager"):
+        txt += f" {r[prefix + 'speedup_vs_eager']:.2f}x eager"
+    if r.get(prefix + "speedup_vs_compile"):
+        txt += f" {r[prefix + 'speedup_vs_compile']:.2f}x compile"
     return txt
+
+
+def _gpu_part(name: str, r: Dict) -> str:
+    """:func:`_ratio_part` of a row's gpu_* columns (the kernels' own times)."""
+    return _ratio_part(name, r, "gpu_")
 
 
 #: ops of the headline: the fused add, and with LayerScale (issue 13)
@@ -535,13 +540,7 @@ def _norm_headline(rows: Sequence[Dict]) -> List[str]:
             r = _find(rows, provider=prov, mode=mode, **sel)
             if not r:
                 continue
-            txt = f"{mode} {_time_str(r['time_ms'])}"
-            if r.get("frac_copy"):
-                txt += f" {100 * r['frac_copy']:.0f}% copy BW"
-            if r.get("speedup_vs_eager"):
-                txt += f" {r['speedup_vs_eager']:.2f}x eager"
-            if r.get("speedup_vs_compile"):
-                txt += f" {r['speedup_vs_compile']:.2f}x compile"
+            txt = _ratio_part(mode, r)
             for ext in ("flash_attn", "liger"):
                 e = _find(rows, provider=ext, mode=mode, **sel)
                 if e:
