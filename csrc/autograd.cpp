@@ -387,6 +387,9 @@ class LayerScaleGradsFn : public torch::autograd::Function<LayerScaleGradsFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& branch,
                                const at::Tensor& scale, const at::Tensor& gamma, int64_t dim,
                                int64_t cdim, double alpha) {
+    // Two outputs: an unused one's gradient stays undefined (the backward handles that) rather than
+    // being materialised as zeros, which the engine would make a plain tensor even for a DTensor.
+    ctx->set_materialize_grads(false);
     at::Tensor gb, gg;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -572,6 +575,9 @@ class AddNormFn : public torch::autograd::Function<AddNormFn> {
                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gamma,
                                int64_t sample_dim, double alpha, double eps, bool rms,
                                std::optional<at::ScalarType> out_dtype) {
+    // x and h: an unused one's gradient stays undefined (the backward handles that) rather than being
+    // materialised as zeros, which the engine would make a plain tensor even for a DTensor.
+    ctx->set_materialize_grads(false);
     at::Tensor x, h, mean, rstd;
     {
       at::AutoDispatchBelowADInplaceOrView guard;

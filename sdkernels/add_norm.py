@@ -40,7 +40,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from . import _fx, functional, reference
+from . import _fx, functional, reference, rng
 from ._ext import HAS_EXT, has_kernel
 
 __all__ = ["drop_path_add_norm", "available_add_norm_backends", "NORMS", "x_like"]
@@ -131,6 +131,7 @@ def autograd_rules(backward_op):
         residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, _out_dtype = inputs
         x, _h, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # an unused x or h: None (handled below), not plain zeros for a DTensor
         gamma_grad = gamma is not None and gamma.requires_grad
         ctx.save_for_backward(x, mean, rstd, scale, weight, bias, gamma, branch if gamma_grad else None)
         ctx.sample_dim = sample_dim % residual.dim()
@@ -457,6 +458,7 @@ def drop_path_add_norm(
     H = residual.shape[-1]
     for t, name in ((weight, "weight"), (bias, "bias"), (layer_scale, "layer_scale")):
         _check_param_arg(t, name, H, residual.device)
+    weight, bias, layer_scale = (rng.replicated_like(t, residual) for t in (weight, bias, layer_scale))
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
     if not (eps >= 0.0 and math.isfinite(eps)):
@@ -470,9 +472,14 @@ def drop_path_add_norm(
         if layer_scale is not None:
             branch = branch * layer_scale  # eager's rounding of the product
         keep = torch.ones(1, dtype=reference.draw_dtype(branch.dtype), device=residual.device)
+        if rng.is_dtensor(residual):
+            keep = rng._replicated_agreed(keep, residual)
         out = be.add_norm(residual, branch, keep, weight, bias, None, dim, 1.0, float(eps), rms, out_dtype)
     else:
-        keep = functional._draw(branch, dim, p, mode, generator)
-        out = be.add_norm(residual, branch, keep, weight, bias, layer_scale, dim,
-                          reference.keep_scale(p, scale_by_keep), float(eps), rms, out_dtype)
+        # The draw and the multiplier of drop_path_add (with LayerScale: in the dtype of branch * gamma),
+        # so x is drop_path_add's x bit for bit.
+        ddt, acc = reference.drop_dtypes(residual.dtype, branch.dtype, reference._opt_dtype(layer_scale))
+        keep = functional._draw(branch, dim, p, mode, generator, ddt)
+        alpha = reference.keep_scale(p, scale_by_keep, acc)
+        out = be.add_norm(residual, branch, keep, weight, bias, layer_scale, dim, alpha, float(eps), rms, out_dtype)
     return out[0], out[1]

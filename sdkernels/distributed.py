@@ -125,6 +125,50 @@ def _layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim, alph
     return _ls_rules(grad, scale, sample_dim, channel_dim, 2, 3, True, False) + [([P, P], [P, R, R, R, None, None, None])]
 
 
+# ---- add + norm (issue 14): the normalised last dim is never sharded ---------------------------------
+# x, h, mean and rstd follow the rows; mean and rstd hold one value per row (in memory order), so the
+# rows may be split along the leading dim only (Shard(0): the batch of [B, N, H], or the sequence of
+# seq-first [S, B, H] as sequence parallelism shards it); a middle dim of a 3-d tensor is redistributed.
+# The norm is not linear: no Partial (DTensor reduces a Partial input first, so x and h see the sum).
+# The backward's weight, bias and gamma gradients are sums over rows: Partial under Shard(0).
+# RMSNorm returns an empty ``mean``: it stays replicated.
+
+def _add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype=None):
+    R, S, _ = _placements()
+    nd = residual.ndim
+    opt = [None if t is None else R for t in (weight, bias, gamma)]
+    tail = [None] * 5
+    rules = [([R] * 4, [R, R, R] + opt + tail)]
+    if nd >= 2:
+        sd = _wrap(sample_dim, nd)
+        scale_p = S(0) if (sd == 0 and scale.shape[0] > 1) else R
+        # RMSNorm's mean is an empty placeholder: replicated (an empty dim cannot be sharded)
+        rules.append(([S(0), S(0), R if rms else S(0), S(0)], [S(0), S(0), scale_p] + opt + tail))
+    return rules
+
+
+def _add_norm_backward(grad_x, grad_h, x, mean, rstd, scale, weight, gamma, branch, sample_dim, alpha, rms,
+                       residual_dtype, branch_dtype, weight_dtype=None, bias_dtype=None):
+    R, S, P = _placements()
+    nd = x.ndim
+    opt_in = [None if t is None else R for t in (weight, gamma)]
+    n_tail = 7
+
+    def placements(rows, sums, scale_p):
+        grad_ins = [None if grad_x is None else rows, rows, rows, R if rms else rows, rows, scale_p] + opt_in
+        grad_ins += [None if branch is None else rows] + [None] * n_tail
+        outs = [rows, rows,
+                sums if weight_dtype is not None else R, sums if bias_dtype is not None else R,
+                sums if branch is not None else R]
+        return outs, grad_ins
+
+    rules = [placements(R, R, R)]
+    if nd >= 2:
+        sd = _wrap(sample_dim, nd)
+        rules.append(placements(S(0), P, S(0) if (sd == 0 and scale.shape[0] > 1) else R))
+    return rules
+
+
 #: op name (in the ``sdkernels`` namespace) -> its rule function.  Ops not built here are skipped.
 RULES: Dict[str, Callable] = {
     "scaled_residual_add": _residual_add,
@@ -141,6 +185,10 @@ RULES: Dict[str, Callable] = {
     "sample_scale_ls_triton": _sample_scale_ls,
     "layer_scale_grads": _layer_scale_grads,
     "layer_scale_grads_triton": _layer_scale_grads,
+    "add_norm": _add_norm,
+    "add_norm_triton": _add_norm,
+    "add_norm_backward": _add_norm_backward,
+    "add_norm_backward_triton": _add_norm_backward,
 }
 
 

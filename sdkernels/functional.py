@@ -225,9 +225,7 @@ def _check_layer_scale(layer_scale, x: torch.Tensor, channel_dim, sample_dim: in
             f"shape broadcasting to {tuple(x.shape)} along channel_dim {channel_dim} only, got shape {gs}")
     if layer_scale.device != x.device:
         raise ValueError(f"layer_scale is on {layer_scale.device} but the tensors are on {x.device}")
-    if rng.is_dtensor(x) and not rng.is_dtensor(layer_scale):  # a plain parameter: the same on every rank
-        layer_scale = rng._replicated_agreed(layer_scale, x)
-    return layer_scale.reshape(-1), cd
+    return rng.replicated_like(layer_scale, x).reshape(-1), cd
 
 
 def _ls_backend(be: Backend) -> Backend:
@@ -321,13 +319,15 @@ def drop_path_add(
         gamma, cd = _check_layer_scale(layer_scale, branch, channel_dim, dim)
         if not training or p == 0.0:
             return residual + branch * reference.layer_scale_view(gamma, branch.dim(), cd)
-        keep = _draw(branch, dim, p, mode, generator, torch.promote_types(branch.dtype, gamma.dtype))
-        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(residual.dtype, branch.dtype, gamma.dtype))
+        ddt, acc = reference.drop_dtypes(residual.dtype, branch.dtype, gamma.dtype)
+        keep = _draw(branch, dim, p, mode, generator, ddt)
+        alpha = reference.keep_scale(p, scale_by_keep, acc)
         return _ls_backend(be).residual_add_ls(residual, branch, keep, gamma, dim, cd, alpha)
     if not training or p == 0.0:
         return residual + branch
-    keep = _draw(branch, dim, p, mode, generator)
-    alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(residual.dtype, branch.dtype))
+    ddt, acc = reference.drop_dtypes(residual.dtype, branch.dtype)
+    keep = _draw(branch, dim, p, mode, generator, ddt)
+    alpha = reference.keep_scale(p, scale_by_keep, acc)
     return be.residual_add(residual, branch, keep, dim, alpha)
 
 
@@ -365,8 +365,9 @@ def drop_path(
         gamma, cd = _check_layer_scale(layer_scale, x, channel_dim, dim)
         if not training or p == 0.0:
             return x * reference.layer_scale_view(gamma, x.dim(), cd)
-        keep = _draw(x, dim, p, mode, generator, torch.promote_types(x.dtype, gamma.dtype))
-        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, gamma.dtype))
+        ddt, acc = reference.drop_dtypes(x.dtype, x.dtype, gamma.dtype)
+        keep = _draw(x, dim, p, mode, generator, ddt)
+        alpha = reference.keep_scale(p, scale_by_keep, acc)
         return _ls_backend(be).sample_scale_ls(x, keep, gamma, dim, cd, alpha, None)
     if not training or p == 0.0:
         return x

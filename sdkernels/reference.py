@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "acc_dtype",
     "draw_dtype",
+    "drop_dtypes",
     "draw_keep",
     "keep_scale",
     "scaled_residual_add",
@@ -40,7 +41,6 @@ __all__ = [
     "timm_layer_scale_drop_path_add",
     "add_norm_dtypes",
     "norm_rows",
-    "scaled_gamma_residual_add",
     "add_norm",
     "norm_stats",
     "add_norm_backward",
@@ -62,6 +62,19 @@ def draw_dtype(dtype: torch.dtype) -> torch.dtype:
     fp64 inputs draw in fp64 and keep the same samples there too.
     """
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def drop_dtypes(residual_dtype: torch.dtype, branch_dtype: torch.dtype,
+                gamma_dtype: Optional[torch.dtype] = None) -> Tuple[torch.dtype, torch.dtype]:
+    """(draw dtype, math dtype) of ``residual + drop_path(branch [* gamma])``.
+
+    The mask is drawn as timm draws it for the tensor it drops (``branch``, or
+    ``branch * gamma`` with LayerScale: :func:`draw_dtype` of their promoted dtype); the
+    multiplier (:func:`keep_scale`) and the add are in :func:`acc_dtype` of all the inputs.
+    """
+    dts = (residual_dtype, branch_dtype) + (() if gamma_dtype is None else (gamma_dtype,))
+    dropped = branch_dtype if gamma_dtype is None else torch.promote_types(branch_dtype, gamma_dtype)
+    return draw_dtype(dropped), acc_dtype(*dts)
 
 
 def draw_keep(
@@ -350,9 +363,8 @@ def _drop_path_add_ls(residual, branch, p, training, mode, scale_by_keep, sample
     if not training or p == 0.0:
         return residual + branch * layer_scale_view(gamma, nd, channel_dim)
     dim = sample_dim % nd
-    ls_dtype = torch.promote_types(branch.dtype, gamma.dtype)  # the dtype of the tensor timm drops
-    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(ls_dtype))
-    acc = acc_dtype(residual.dtype, branch.dtype, gamma.dtype)
+    ddt, acc = drop_dtypes(residual.dtype, branch.dtype, gamma.dtype)
+    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, ddt)
     return scaled_residual_add_ls(residual, branch, keep, gamma, dim, channel_dim,
                                   keep_scale(p, scale_by_keep, acc))
 
@@ -420,25 +432,6 @@ def norm_rows(x: torch.Tensor, weight, bias, eps: float, rms: bool, acc: torch.d
     return F.layer_norm(xa, (H,), w, b, eps)
 
 
-def scaled_gamma_residual_add(residual, branch, scale, gamma, sample_dim: int, alpha: float = 1.0):
-    """``x = residual + (branch * gamma[h]) * (scale[s] * alpha)`` (kept), ``residual`` (dropped), rounded once.
-
-    Each multiply and the add are rounded in the math dtype (no fused multiply-add);
-    with ``gamma`` None this is :func:`scaled_residual_add`.
-    """
-    if gamma is None:
-        return scaled_residual_add(residual, branch, scale, sample_dim, alpha)
-    x_dtype, acc = add_norm_dtypes(residual.dtype, branch.dtype, gamma.dtype)
-    sample_dim = sample_dim % residual.dim()
-    s = _per_sample(scale, residual, sample_dim, scale.dtype)
-    m = s.to(acc) * torch.tensor(alpha, dtype=acc)
-    kept = s != 0
-    r = residual.to(acc)
-    b = torch.where(kept, branch.to(acc), torch.zeros((), dtype=acc, device=branch.device))
-    out = torch.where(kept, r + (b * gamma.to(acc)) * m, r)
-    return out.to(x_dtype)
-
-
 def add_norm(
     residual: torch.Tensor,
     branch: torch.Tensor,
@@ -454,10 +447,14 @@ def add_norm(
 ):
     """Spec of ``torch.ops.sdkernels.add_norm`` (its ``x`` and ``h``; the op also returns mean and rstd).
 
-    ``x`` = :func:`scaled_gamma_residual_add`; ``h`` = :func:`norm_rows` of ``x`` as stored,
-    in the math dtype, rounded once to ``out_dtype`` (default x's dtype).  Differentiable.
+    ``x`` = :func:`scaled_residual_add` (:func:`scaled_residual_add_ls` with ``gamma``, on the last dim);
+    ``h`` = :func:`norm_rows` of ``x`` as stored, in the math dtype, rounded once to ``out_dtype``
+    (default x's dtype).  Differentiable.
     """
-    x = scaled_gamma_residual_add(residual, branch, scale, gamma, sample_dim, alpha)
+    if gamma is None:
+        x = scaled_residual_add(residual, branch, scale, sample_dim, alpha)
+    else:
+        x = scaled_residual_add_ls(residual, branch, scale, gamma, sample_dim, -1, alpha)
     _, acc = add_norm_dtypes(residual.dtype, branch.dtype, _opt_dtype(gamma), _opt_dtype(weight), _opt_dtype(bias),
                              out_dtype)
     h = norm_rows(x, weight, bias, eps, rms, acc)
@@ -570,6 +567,8 @@ def drop_path_add_norm(
         keep = torch.ones(1, dtype=draw_dtype(branch.dtype), device=residual.device)
         return add_norm(residual, branch, keep, weight, bias, None, 0, 1.0, eps, rms, out_dtype)
     dim = sample_dim % residual.dim()
-    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, draw_dtype(branch.dtype))
-    return add_norm(residual, branch, keep, weight, bias, layer_scale, dim, keep_scale(p, scale_by_keep), eps, rms,
-                    out_dtype)
+    # drop_path_add's draw and multiplier, so x is its x
+    ddt, acc = drop_dtypes(residual.dtype, branch.dtype, _opt_dtype(layer_scale))
+    keep = draw_keep(residual.shape[dim], p, mode, residual.device, generator, ddt)
+    alpha = keep_scale(p, scale_by_keep, acc)
+    return add_norm(residual, branch, keep, weight, bias, layer_scale, dim, alpha, eps, rms, out_dtype)

@@ -145,6 +145,15 @@ def _replicated_agreed(local: torch.Tensor, like) -> torch.Tensor:
     return DTensor.from_local(local, mesh, [Replicate()] * mesh.ndim, run_check=False)
 
 
+def replicated_like(t: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
+    """A plain parameter ``t`` (LayerScale gamma, a norm's weight) beside DTensor activations ``like``: the
+    same replicated DTensor on every rank, without communication (a plain parameter is the same on every
+    rank under the contract).  ``t`` itself when it is None, already a DTensor, or ``like`` is not one."""
+    if t is None or not is_dtensor(like) or is_dtensor(t):
+        return t
+    return _replicated_agreed(t, like)
+
+
 # ---- explicit generators under activation checkpointing --------------------------------------------
 
 _TLS = threading.local()

@@ -69,8 +69,9 @@ def _expected_grads(device, x, r, b, p, w, bias, gm, gx, gh, norm="layer", sampl
     """The spec's gradients in fp64, each rounded once to its input's dtype, and the 2-norms (over rows)
     of the terms each parameter gradient sums."""
     dim = sample_dim % r.dim()
-    keep = R.draw_keep(r.shape[dim], p, mode, device, _gen(3, device), R.draw_dtype(b.dtype))
-    alpha = R.keep_scale(p, scale_by_keep)
+    ddt, acc = R.drop_dtypes(r.dtype, b.dtype, None if gm is None else gm.dtype)
+    keep = R.draw_keep(r.shape[dim], p, mode, device, _gen(3, device), ddt)
+    alpha = R.keep_scale(p, scale_by_keep, acc)
     rms = norm == "rms"
     args = (gx, gh, x, keep, w, bias, gm, b if gm is not None else None, dim, alpha, eps, rms)
     exp = R.add_norm_backward(*args, r.dtype, b.dtype, acc=torch.float64)

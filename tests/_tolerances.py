@@ -22,7 +22,21 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype=None, **
     torch.testing.assert_close(actual, expected, equal_nan=True, **tol)
 
 
+#: Machine epsilon (spacing at 1) and unit roundoff (half of it) by dtype.
 _EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+#: Unit roundoff of the dtype a kernel accumulates a result of this dtype in (fp32 for 16-bit and fp32 results).
+ACC_EPS = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-24, torch.bfloat16: 2.0**-24}
+
+
+def _assert_within(actual: torch.Tensor, expected: torch.Tensor, bound: torch.Tensor) -> None:
+    """|actual - expected| <= bound elementwise (in float64), finite where expected is; names the worst miss."""
+    a, e = actual.double(), expected.double()
+    assert bool((torch.isfinite(a) == torch.isfinite(e)).all()), "non-finite values differ"
+    err = (a - e).abs()
+    bad = ~(err <= bound)
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} of {a.numel()} sums off: worst error {float((err / bound)[bad].max()):.2f}x the bound; "
+        f"actual {a[bad][:4].tolist()} expected {e[bad][:4].tolist()}")
 
 
 def assert_close_reduction(actual: torch.Tensor, expected64: torch.Tensor, sumsq64: torch.Tensor, n: int,
@@ -35,17 +49,9 @@ def assert_close_reduction(actual: torch.Tensor, expected64: torch.Tensor, sumsq
     one rounding to ``actual``'s dtype.  A lost or doubled row of terms moves
     the sum by about ``sqrt(row length)`` terms, far past that.
     """
-    a = actual.double()
     e = expected64.double()
-    tol = 8 * _EPS[acc_dtype] * (max(n, 1) ** 0.5) * sumsq64.double().sqrt() + _EPS[actual.dtype] * e.abs() + 1e-30
-    err = (a - e).abs()
-    assert bool(torch.isfinite(a).all() == torch.isfinite(e).all()), "non-finite values differ"
-    bad = err > tol
-    assert not bool(bad.any()), (
-        f"{int(bad.sum())} of {a.numel()} sums off: worst error {float((err / tol).max()):.2f}x the bound; "
-        f"actual {a[bad][:4].tolist()} expected {e[bad][:4].tolist()}")
-#: Unit roundoff of the dtype a kernel accumulates a result of this dtype in (fp32 for 16-bit and fp32 results).
-ACC_EPS = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-24, torch.bfloat16: 2.0**-24}
+    bound = 8 * _EPS[acc_dtype] * (max(n, 1) ** 0.5) * sumsq64.double().sqrt() + _EPS[actual.dtype] * e.abs() + 1e-30
+    _assert_within(actual, e, bound)
 
 
 def assert_close_sum(actual: torch.Tensor, expected: torch.Tensor, term_norm: torch.Tensor, *, dtype=None):
@@ -58,9 +64,6 @@ def assert_close_sum(actual: torch.Tensor, expected: torch.Tensor, term_norm: to
     """
     tol = TOL[dtype or expected.dtype]
     assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
-    a, e = actual.double(), expected.double()
+    e = expected.double()
     bound = tol["atol"] + tol["rtol"] * e.abs() + 8 * ACC_EPS[expected.dtype] * term_norm.double()
-    err = (a - e).abs()
-    bad = ~(err <= bound)
-    assert not bad.any(), (f"{int(bad.sum())} of {a.numel()} sums off: worst error {float((err - bound).max()):.3g} "
-                           f"past the bound; error {float(err.max()):.3g}, bound {float(bound.min()):.3g}..")
+    _assert_within(actual, e, bound)

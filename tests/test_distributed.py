@@ -243,3 +243,55 @@ def test_public_function_with_a_plain_gamma(mesh):
     assert_close(out.to_local(), _local_slice(expect, Shard(1)))
     out.sum().backward()
     assert gamma.grad is not None and bd.grad.placements == (Shard(1),)
+
+
+# ---- add + norm (issue 14) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_add_norm_on_a_sequence_shard(mesh, norm):
+    """Seq-first [S, B, H] sharded on S (sequence parallelism): x and h stay sharded, nothing gathered; the
+    normalised last dim is never sharded; weight's gradient is the sum over both ranks' rows."""
+    from torch.distributed.tensor import Shard
+
+    torch.manual_seed(1)
+    r, b = torch.randn(8, 6, 16), torch.randn(8, 6, 16)
+    w, bias = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    bias_arg = bias if norm == "layer" else None
+    rd = _dt(r, mesh, Shard(0)).requires_grad_()
+    bd = _dt(b, mesh, Shard(0)).requires_grad_()
+    torch.manual_seed(2)
+    (x, h), counts = _comms(lambda: sdkernels.drop_path_add_norm(rd, bd, 0.5, w, bias_arg, 1e-6, norm=norm,
+                                                                 sample_dim=1))
+    _no_gather(counts)
+    torch.manual_seed(2)
+    ex, eh = R.drop_path_add_norm(r, b, 0.5, w.detach(), None if bias_arg is None else bias.detach(), 1e-6,
+                                  norm=norm, sample_dim=1)
+    assert x.placements == h.placements == (Shard(0),)
+    assert_close(x.to_local(), _local_slice(ex, Shard(0)))
+    torch.testing.assert_close(h.to_local(), _local_slice(eh, Shard(0)), rtol=1e-5, atol=1e-5)
+    g = torch.randn(8, 6, 16)
+    gd = _dt(g, mesh, Shard(0))
+    _, counts = _comms(lambda: h.backward(gd))
+    assert rd.grad.placements == bd.grad.placements == (Shard(0),)
+    assert set(counts) <= {"all_reduce"}, counts  # only the weight gradient's sum over ranks
+    torch.manual_seed(2)
+    rl, bl, wl = (t.detach().requires_grad_() for t in (r, b, w))
+    _, eh = R.drop_path_add_norm(rl, bl, 0.5, wl, None if bias_arg is None else bias.detach(), 1e-6,
+                                 norm=norm, sample_dim=1)
+    eh.backward(g)  # a row's residual gradient depends on that row alone: rank 0's rows match
+    torch.testing.assert_close(rd.grad.to_local(), _local_slice(rl.grad, Shard(0)), rtol=1e-5, atol=1e-5)
+
+
+def test_add_norm_rules_never_shard_the_normalised_dim(mesh):
+    from torch.distributed.tensor import Shard
+
+    # Inputs sharded on the normalised dim are redistributed first: every local row is whole.  (The fake
+    # process group moves no data, so values are checked in tests/test_distributed_multiproc.py.)
+    r, b = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
+    rd, bd = _dt(r, mesh, Shard(2)).requires_grad_(), _dt(b, mesh, Shard(2)).requires_grad_()
+    torch.manual_seed(0)
+    x, h = sdkernels.drop_path_add_norm(rd, bd, 0.5, None, None, 1e-5)
+    assert Shard(2) not in x.placements and Shard(2) not in h.placements
+    assert x.to_local().shape[-1] == h.to_local().shape[-1] == 8
+    h.backward(torch.ones_like(h))
+    assert rd.grad is not None and rd.grad.shape == r.shape
