@@ -48,6 +48,8 @@ MODELS = {
                   "torchvision.models.swin_transformer.SwinTransformerBlock", True),
 }
 SKIP_FAMILIES = [k for k, v in MODELS.items() if v[3]]
+# pre-norm blocks whose first add feeds norm2: convert(fuse_norm=True) makes it one drop_path_add_norm pass
+NORM_FUSED = ["timm-vit_tiny", "timm-deit3_small", "timm-eva02_tiny", "timm-swin_tiny", "tv-swin_t"]
 
 
 def _build(name):
@@ -106,14 +108,20 @@ def test_convert_model(name):
     summary = sdkernels.conversion_report(conv, summary=True)
     assert block_cls in summary and "fused" in summary
 
-    # training: same samples, same outputs (fp32: bitwise), gradients to rounding
+    # training: same samples, same outputs (fp32: bitwise without the fused norm, whose sums are
+    # ordered otherwise: to rounding with it), gradients to rounding
     orig.train()
     conv.train()
-    for seed in (1, 2):
-        out_o, g_o = _step(orig, x, seed)
-        out_c, g_c = _step(conv, x, seed)
-        assert torch.equal(out_c, out_o), (name, seed, (out_c - out_o).abs().max())
-        _assert_grads_close(g_c, g_o, rtol=1e-5, atol=1e-6)
+    for fuse_norm in (False, True):
+        sdkernels.convert(conv, fuse_norm=fuse_norm)
+        for seed in (1, 2):
+            out_o, g_o = _step(orig, x, seed)
+            out_c, g_c = _step(conv, x, seed)
+            if fuse_norm and name in NORM_FUSED:
+                torch.testing.assert_close(out_c, out_o, rtol=1e-5, atol=1e-5)
+            else:
+                assert torch.equal(out_c, out_o), (name, seed, (out_c - out_o).abs().max())
+            _assert_grads_close(g_c, g_o, rtol=1e-4 if fuse_norm else 1e-5, atol=1e-6)
 
     # eval: the original expressions, bitwise
     orig.eval()
@@ -282,9 +290,43 @@ def test_bad_arguments():
         sdkernels.convert(model, backend="gpu")
     with pytest.raises(TypeError, match="skip must be a bool"):
         sdkernels.convert(model, skip="yes")
+    with pytest.raises(TypeError, match="fuse_norm must be a bool"):
+        sdkernels.convert(model, fuse_norm=1)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         sdkernels.conversion_report(3)
     assert sdkernels.conversion_report(model, summary=True) == "no drop-path sites"
+
+
+@pytest.mark.parametrize("name", NORM_FUSED)
+def test_fuse_norm_runs_add_norm_once_per_block(name, monkeypatch):
+    """Each pre-norm block's first add and its norm2 are one drop_path_add_norm call (the block's own
+    norm2 weight, bias and eps), in training, fused (not skipped); never in eval, with skip or fuse_norm off."""
+    calls = []
+    real = core.drop_path_add_norm
+
+    def counting(residual, branch, p, weight, bias, eps, **kw):
+        calls.append((weight, bias, eps))
+        return real(residual, branch, p, weight, bias, eps, **kw)
+
+    monkeypatch.setattr(core, "drop_path_add_norm", counting)
+    model, x = _build(name)
+    cls = MODELS[name][2]
+    blocks = [m for m in model.modules() if core.qualname(type(m)) == cls]
+    norms = {id(b.norm2.weight): b.norm2 for b in blocks}
+    rates = [core.rate_of(b.drop_path1 if hasattr(b, "drop_path1") else b.stochastic_depth) for b in blocks]
+    active = sum(1 for r in rates if r is not None and r.p > 0)  # timm builds Identity at rate 0
+    assert active >= 1
+    for kw, train, expect in (({}, True, active), ({}, False, 0), (dict(skip=True), True, 0),
+                              (dict(fuse_norm=False), True, 0)):
+        sdkernels.convert(model, **kw)
+        model.train(train)
+        calls.clear()
+        with torch.no_grad():
+            model(x)
+        assert len(calls) == expect, (kw, train)
+        for w, b, eps in calls:
+            norm = norms[id(w)]
+            assert b is norm.bias and eps == norm.eps
 
 
 def test_jit_script_names_unconvert():

@@ -139,7 +139,8 @@ def _check_model(model) -> None:
         raise TypeError("model is a TorchScript module; convert the Python model before scripting it")
 
 
-def convert(model: nn.Module, *, skip: bool = False, count: str = "fixed", backend: str = "auto") -> nn.Module:
+def convert(model: nn.Module, *, skip: bool = False, count: str = "fixed", backend: str = "auto",
+            fuse_norm: bool = True) -> nn.Module:
     """Make a timm or torchvision model use sdkernels' fused drop path, in place; returns ``model``.
 
     Args:
@@ -150,12 +151,18 @@ def convert(model: nn.Module, *, skip: bool = False, count: str = "fixed", backe
             branch, identity shortcut); the others are fused, and :func:`conversion_report` says why.
         count: the skip path's count, "fixed" or "bernoulli" (:func:`sdkernels.drop_path_residual`).
         backend: the sdkernels backend ("auto", "reference", "cpu", "cuda", "triton").
+        fuse_norm: in pre-norm blocks (timm ViT ``Block``, ``EvaBlock``, timm and torchvision Swin v1)
+            whose first residual add feeds ``norm2``, do drop path + add + that LayerNorm in one
+            :func:`sdkernels.drop_path_add_norm` pass (the block's own ``norm2`` weight, bias and eps).
+            Applies where the block is fused (not skipped).  Training outputs then equal the original's
+            to rounding (the norm's sums are ordered differently); with ``fuse_norm=False`` they are
+            bitwise the original's in fp32.
 
     Idempotent: a second call with the same arguments changes nothing; with other arguments the model
     is re-converted to them.  :func:`unconvert` undoes it.
     """
     _check_model(model)
-    core.validate(skip, count, backend)
+    core.validate(skip, count, backend, fuse_norm)
     _load_families()
     covered = set()  # ids of drop-path modules read by a patched block's forward
     why_not: Dict[int, str] = {}  # drop-path module id -> why its block was not patched
@@ -169,7 +176,7 @@ def convert(model: nn.Module, *, skip: bool = False, count: str = "fixed", backe
         if not any(core.is_drop_path_module(getattr(m, n, None)) for n in pat.drop_paths):
             continue  # no drop path here (timm builds nn.Identity or None at rate 0): nothing to fuse
         no_skip = pat.no_skip(m) if (skip and pat.no_skip) else None
-        settings = Settings(skip=skip and no_skip is None, count=count, backend=backend)
+        settings = Settings(skip=skip and no_skip is None, count=count, backend=backend, fuse_norm=fuse_norm)
         current = _patched(m)
         if current is None or current.settings != settings or current.fn is not pat.forward:
             m.forward = PatchedForward(m, pat, settings, no_skip)

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from .. import _fx, functional, nn as sdk_nn
+from ..add_norm import drop_path_add_norm
 from ..skip import COUNTS, drop_path_residual
 
 __all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "residual_site", "has_batchnorm",
-           "run_sequence"]
+           "run_sequence", "norm_of", "residual_norm_site"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Settings:
     skip: bool
     count: str
     backend: str
+    fuse_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,53 @@ def residual_site(
                                     backend=settings.backend, layer_scale=gamma, channel_dim=channel_dim)
 
 
+def norm_of(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[str, Optional[torch.Tensor], Optional[torch.Tensor],
+                                                                float]]:
+    """``(kind, weight, bias, eps)`` when ``norm(x)`` is exactly ``F.layer_norm`` / ``F.rms_norm`` over x's
+    last dim with the module's own parameters (``nn.LayerNorm``, timm's ``LayerNorm`` without its fast-norm
+    flag, ``nn.RMSNorm`` with an explicit eps), else None: the add + norm op may stand in for it."""
+    if not isinstance(x, torch.Tensor) or isinstance(x, _fx.Proxy) or x.dim() < 1:
+        return None
+    kind = None
+    if type(norm) is nn.LayerNorm:
+        kind = "layer"
+    elif type(norm).__name__ == "LayerNorm" and type(norm).__module__ == "timm.layers.norm":
+        kind = None if getattr(norm, "_fast_norm", True) else "layer"
+    elif type(norm) is getattr(nn, "RMSNorm", None) and norm.eps is not None:
+        kind = "rms"
+    if kind is None or tuple(norm.normalized_shape) != (x.shape[-1],):
+        return None
+    return kind, norm.weight, getattr(norm, "bias", None), float(norm.eps)
+
+
+def residual_norm_site(
+    settings: Settings,
+    x: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    rate: Optional[Rate],
+    norm: nn.Module,
+    *,
+    gamma: Optional[torch.Tensor] = None,
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(x + drop_path(branch(x) * gamma), norm(that))`` in one :func:`sdkernels.drop_path_add_norm`
+    pass, for a pre-norm block whose next branch starts with ``norm`` (timm ViT, EVA, Swin: ``norm2``).
+
+    Returns None (the caller runs :func:`residual_site` and the norm as before) unless the site is an
+    active drop path fused on every sample (``convert(fuse_norm=True)``, no skip path in the block) and
+    ``norm`` is one the op computes exactly (:func:`norm_of`); the block's own ``norm.weight``, ``bias``
+    and ``eps`` are used, so its state_dict is unchanged.  Same draw as :func:`residual_site`; ``h`` is
+    the norm of ``x`` as stored, equal to ``norm(x)`` to rounding.
+    """
+    if not (settings.fuse_norm and not settings.skip and rate is not None and rate.active):
+        return None
+    args = norm_of(norm, x)
+    if args is None or gamma is not None and isinstance(gamma, _fx.Proxy):
+        return None
+    kind, weight, bias, eps = args
+    return drop_path_add_norm(x, branch(x), rate.p, weight, bias, eps, norm=kind, mode=rate.mode,
+                              scale_by_keep=rate.scale_by_keep, layer_scale=gamma, backend=settings.backend)
+
+
 def run_sequence(block: nn.Module, x: torch.Tensor, names) -> torch.Tensor:
     """``x`` through the block's submodules ``names`` in order (a branch that is a plain chain of them)."""
     for name in names:
@@ -241,10 +290,12 @@ def run_sequence(block: nn.Module, x: torch.Tensor, names) -> torch.Tensor:
     return x
 
 
-def validate(skip, count, backend) -> None:
+def validate(skip, count, backend, fuse_norm=True) -> None:
     """The argument checks of ``convert`` (ValueError / TypeError naming the argument)."""
     if not isinstance(skip, bool):
         raise TypeError(f"skip must be a bool, got {type(skip).__name__}")
+    if not isinstance(fuse_norm, bool):
+        raise TypeError(f"fuse_norm must be a bool, got {type(fuse_norm).__name__}")
     if count not in COUNTS:
         raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
     if backend not in functional.BACKEND_NAMES:

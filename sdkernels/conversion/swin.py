@@ -14,14 +14,15 @@ torchvision 0.2x, one ``StochasticDepth(p, "row")`` module used for both branche
     x = x + self.stochastic_depth(self.attn(self.norm1(x)))   # V2: self.norm1(self.attn(x))
     x = x + self.stochastic_depth(self.mlp(self.norm2(x)))    # V2: self.norm2(self.mlp(x))
 
-Shifted-window attention partitions each sample into windows (its mask is per window, not per
+Pre-norm v1 blocks with ``fuse_norm`` (fused, not skipped) do the first add and ``norm2`` in one
+``drop_path_add_norm`` pass.  Shifted-window attention partitions each sample into windows (its mask is per window, not per
 sample), so every branch acts on each sample alone and ``skip=True`` runs it on the kept samples.
 """
 from __future__ import annotations
 
 import torch
 
-from .core import Pattern, any_active, check_drop_paths, rate_of, register, residual_site
+from .core import Pattern, any_active, check_drop_paths, rate_of, register, residual_norm_site, residual_site
 
 _DROP_PATHS = ("drop_path1", "drop_path2")
 
@@ -35,6 +36,12 @@ def _timm_forward(block, settings, x: torch.Tensor, post_norm: bool) -> torch.Te
         attn, mlp = (lambda t: block.norm1(block._attn(t))), (lambda t: block.norm2(block.mlp(t)))
     else:
         attn, mlp = (lambda t: block._attn(block.norm1(t))), (lambda t: block.mlp(block.norm2(t)))
+        fused = residual_norm_site(settings, x, attn, r1, block.norm2)
+        if fused is not None:  # x and norm2(x) from one pass (over C, the last dim of NHWC and of the tokens)
+            x, h = fused
+            h = h.reshape(B, -1, C)
+            x = residual_site(settings, x.reshape(B, -1, C), lambda _: block.mlp(h), r2, skip=False)
+            return x.reshape(B, H, W, C)
     x = residual_site(settings, x, attn, r1)
     x = x.reshape(B, -1, C)
     x = residual_site(settings, x, mlp, r2)
@@ -60,6 +67,10 @@ def tv_swin_forward(block, settings, x: torch.Tensor) -> torch.Tensor:
         attn, mlp = (lambda t: block.norm1(block.attn(t))), (lambda t: block.norm2(block.mlp(t)))
     else:
         attn, mlp = (lambda t: block.attn(block.norm1(t))), (lambda t: block.mlp(block.norm2(t)))
+        fused = residual_norm_site(settings, x, attn, r, block.norm2)
+        if fused is not None:  # x and norm2(x) from one pass
+            x, h = fused
+            return residual_site(settings, x, lambda _: block.mlp(h), r, skip=False)
     x = residual_site(settings, x, attn, r)
     return residual_site(settings, x, mlp, r)
 

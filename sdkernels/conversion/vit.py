@@ -14,6 +14,7 @@ timm 1.0 ``EvaBlock.forward(x, rope=None, attn_mask=None, is_causal=False)``::
     x = x + self.drop_path1(x_attn)
     (the same for the MLP with gamma_2)
 
+With ``fuse_norm`` (fused, not skipped) the first add and ``norm2`` are one ``drop_path_add_norm`` pass.
 Both branches act on each sample alone, so ``skip=True`` runs them on the kept samples only, unless
 the call passes an attention mask (which may be per sample) or a rope tensor with a batch dim.
 """
@@ -24,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .core import Pattern, check_drop_paths, rate_of, any_active, register, residual_site
+from .core import Pattern, check_drop_paths, rate_of, any_active, register, residual_norm_site, residual_site
 
 _DROP_PATHS = ("drop_path1", "drop_path2")
 
@@ -52,9 +53,12 @@ def vit_block_forward(block, settings, x: torch.Tensor, attn_mask: Optional[torc
         return type(block).forward(block, x, attn_mask=attn_mask, is_causal=is_causal)
     g1, ls1 = _layer_scale(block.ls1)
     g2, ls2 = _layer_scale(block.ls2)
-    x = residual_site(settings, x, _ls_branch(
-        lambda t: block.attn(block.norm1(t), attn_mask=attn_mask, is_causal=is_causal), ls1), r1,
-        gamma=g1, skip=attn_mask is None)
+    attn = _ls_branch(lambda t: block.attn(block.norm1(t), attn_mask=attn_mask, is_causal=is_causal), ls1)
+    fused = residual_norm_site(settings, x, attn, r1, block.norm2, gamma=g1)
+    if fused is not None:  # x and norm2(x) from one pass
+        x, h = fused
+        return residual_site(settings, x, _ls_branch(lambda _: block.mlp(h), ls2), r2, gamma=g2, skip=False)
+    x = residual_site(settings, x, attn, r1, gamma=g1, skip=attn_mask is None)
     return residual_site(settings, x, _ls_branch(lambda t: block.mlp(block.norm2(t)), ls2), r2, gamma=g2)
 
 
@@ -65,9 +69,12 @@ def eva_block_forward(block, settings, x: torch.Tensor, rope: Optional[torch.Ten
     if not any_active(r1, r2):
         return type(block).forward(block, x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
     per_sample_ok = attn_mask is None and (rope is None or rope.dim() <= 3)  # a 4-d rope may carry a batch dim
-    x = residual_site(settings, x, lambda t: block.attn(block.norm1(t), rope=rope, attn_mask=attn_mask,
-                                                        is_causal=is_causal),
-                      r1, gamma=block.gamma_1, skip=per_sample_ok)
+    attn = lambda t: block.attn(block.norm1(t), rope=rope, attn_mask=attn_mask, is_causal=is_causal)  # noqa: E731
+    fused = residual_norm_site(settings, x, attn, r1, block.norm2, gamma=block.gamma_1)
+    if fused is not None:  # x and norm2(x) from one pass
+        x, h = fused
+        return residual_site(settings, x, lambda _: block.mlp(h), r2, gamma=block.gamma_2, skip=False)
+    x = residual_site(settings, x, attn, r1, gamma=block.gamma_1, skip=per_sample_ok)
     return residual_site(settings, x, lambda t: block.mlp(block.norm2(t)), r2, gamma=block.gamma_2)
 
 
