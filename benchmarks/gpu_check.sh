@@ -198,7 +198,7 @@ if [ "$DRY" = 1 ]; then
          --img-size 32 --providers eager,convert,convert-skip --out "$DEST" --name models-dry-run)
 else
     MOD=("$PY" -m benchmarks.models --device cuda --models vit_base_patch16_224 --rates 0.4,0.1 --repeats 15
-         --providers eager,convert,convert-skip --out "$DEST" --name "models-$(date +%Y-%m-%d)")
+         --providers eager,convert,convert-skip,convert-nonorm --out "$DEST" --name "models-$(date +%Y-%m-%d)")
 fi
 if [ "$IMPORT_OK" != 0 ]; then
     STEP_SECS=0; record models SKIP "sdkernels does not import"

@@ -8,7 +8,9 @@ interleaved (A B C A B C ...), medians of synchronised wall-clock times:
 - ``convert``: ``sdkernels.convert(model)``: fused drop path + residual add in every block;
 - ``convert-skip``: ``sdkernels.convert(model, skip=True)`` (count "fixed"): the branches of
   LayerNorm blocks run on the kept samples only;
-- ``compile``, ``compile-convert``, ``compile-convert-skip``: the same three under
+- ``convert-nonorm``: ``sdkernels.convert(model, fuse_norm=False)``: as ``convert`` without the
+  add + LayerNorm kernel in the pre-norm blocks (what that kernel adds to ``convert``);
+- ``compile``, ``compile-convert``, ``compile-convert-skip``, ``compile-convert-nonorm``: the same under
   ``torch.compile(model)`` (Inductor, default mode), which is how most serious training runs;
   ``compile`` is the baseline of the other two (``speedup_vs_compile``).
 
@@ -38,8 +40,8 @@ from .timing import time_interleaved
 __all__ = ["MODELS", "PROVIDERS", "RATES", "run_models", "default_models", "default_batch", "main"]
 
 MODELS = ("vit_small_patch16_224", "deit3_small_patch16_224", "convnext_atto", "vit_base_patch16_224")
-EAGER_PROVIDERS = ("eager", "convert", "convert-skip")
-COMPILED_PROVIDERS = ("compile", "compile-convert", "compile-convert-skip")
+EAGER_PROVIDERS = ("eager", "convert", "convert-skip", "convert-nonorm")
+COMPILED_PROVIDERS = ("compile", "compile-convert", "compile-convert-skip", "compile-convert-nonorm")
 PROVIDERS = EAGER_PROVIDERS + COMPILED_PROVIDERS
 RATES = (0.1, 0.4)
 #: (device, provider) -> the most time / baseline may be at rate 0.4, for the goal model of the device.
@@ -73,7 +75,7 @@ def _variant(base, provider: str):
 
     m = copy.deepcopy(base)
     if "convert" in provider:
-        sdkernels.convert(m, skip=provider.endswith("skip"))
+        sdkernels.convert(m, skip=provider.endswith("skip"), fuse_norm=not provider.endswith("nonorm"))
     if provider.startswith("compile"):
         m = torch.compile(m)
     return m
