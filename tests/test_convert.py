@@ -329,6 +329,26 @@ def test_fuse_norm_runs_add_norm_once_per_block(name, monkeypatch):
             assert b is norm.bias and eps == norm.eps
 
 
+def test_fuse_norm_leaves_short_rows_to_inductor(monkeypatch):
+    """Under torch.compile rows of <= 1024 (here 192) keep Inductor's own add + norm fusion."""
+    calls = []
+    real = core.drop_path_add_norm
+    monkeypatch.setattr(core, "drop_path_add_norm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = sdkernels.convert(_two_block_vit())
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    model(x)
+    assert len(calls) == 1  # eager: one per block with an active drop path (the first has rate 0)
+    calls.clear()
+    torch._dynamo.reset()
+    torch.compile(model, fullgraph=True, backend="eager")(x)
+    assert calls == []
+    monkeypatch.setattr(core, "INDUCTOR_NORM_ROWS", 64)
+    torch._dynamo.reset()
+    torch.compile(model, fullgraph=True, backend="eager")(x)
+    assert len(calls) == 1  # traced once
+
+
 def test_jit_script_names_unconvert():
     model, _ = _build("timm-resnet18")
     sdkernels.convert(model)
