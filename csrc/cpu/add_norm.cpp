@@ -166,17 +166,6 @@ SDK_ALWAYS_INLINE A row_sq_dev(const A* __restrict v, A c, int64_t len) {
   return fold(acc);
 }
 
-// sum(a * b)
-template <typename A>
-SDK_ALWAYS_INLINE A row_dot(const A* __restrict a, const A* __restrict b, int64_t len) {
-  A acc[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= len; k += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[k + j] * b[k + j];
-  for (int j = 0; k + j < len; ++j) acc[j] += a[k + j] * b[k + j];
-  return fold(acc);
-}
-
 // src = dst converted back (x as stored) and the sum of it: one vectorised pass.
 template <typename T, typename A>
 SDK_ALWAYS_INLINE A load_sum_typed(const T* __restrict dst, A* __restrict src, int64_t len) {
@@ -345,16 +334,82 @@ SDK_ALWAYS_INLINE void flush_into(A* __restrict acc, A* __restrict v, int64_t le
 // (fp32 error ~ eps * sqrt(rows) instead of eps * rows).
 constexpr int64_t kBlockRows = 8;
 
-// buf: 7 H values per task: x-hat, grad_h / dy, dx, a scratch row, and the block rows of
-// the three parameter gradients.
+// Pass A of a row, in place: xh <- x-hat = (x - mean) * rstd, g <- dy = grad_h * w; the
+// parameter-gradient block rows bw += grad_h * x-hat, bb += grad_h; and the lanes of the two
+// row sums, dot(dy, x-hat) and sum(dy) (element k into lane k % kLanes, folded by fold()).
+template <typename A>
+SDK_ALWAYS_INLINE void bwd_pass_a(A* __restrict xh, A* __restrict g, const A* __restrict w, A* __restrict bw,
+                                  A* __restrict bb, A mean, A rstd, int64_t len, A (&l1)[kLanes],
+                                  A (&l2)[kLanes]) {
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const A xv = (xh[k + j] - mean) * rstd;
+      const A gv = g[k + j];
+      xh[k + j] = xv;
+      bw[k + j] += gv * xv;
+      bb[k + j] += gv;
+      const A dy = gv * w[k + j];
+      g[k + j] = dy;
+      l1[j] += dy * xv;
+      l2[j] += dy;
+    }
+  for (int j = 0; k + j < len; ++j) {
+    const A xv = (xh[k + j] - mean) * rstd;
+    const A gv = g[k + j];
+    xh[k + j] = xv;
+    bw[k + j] += gv * xv;
+    bb[k + j] += gv;
+    const A dy = gv * w[k + j];
+    g[k + j] = dy;
+    l1[j] += dy * xv;
+    l2[j] += dy;
+  }
+}
+
+// Pass B: dx = rstd * ((dy - c2) - x-hat * c1) (+ grad_x when given).
+template <typename A>
+SDK_ALWAYS_INLINE void bwd_pass_b(const A* __restrict g, const A* __restrict xh, const A* __restrict gx,
+                                  A* __restrict dx, A rstd, A c1, A c2, int64_t len) {
+  if (gx == nullptr) {
+    for (int64_t k = 0; k < len; ++k) dx[k] = rstd * ((g[k] - c2) - xh[k] * c1);
+  } else {
+    for (int64_t k = 0; k < len; ++k) dx[k] = rstd * ((g[k] - c2) - xh[k] * c1) + gx[k];
+  }
+}
+
+// Pass C of a kept row, in place: d = dx * m; bg += d * branch (when b); dx <- d * gamma (when gamma).
+template <typename A>
+SDK_ALWAYS_INLINE void bwd_pass_c(A* __restrict dx, const A* __restrict b, A* __restrict bg,
+                                  const A* __restrict gm, A m, int64_t len) {
+  if (b != nullptr && gm != nullptr) {
+    for (int64_t k = 0; k < len; ++k) {
+      const A d = dx[k] * m;
+      bg[k] += d * b[k];
+      dx[k] = d * gm[k];
+    }
+  } else if (b != nullptr) {
+    for (int64_t k = 0; k < len; ++k) {
+      const A d = dx[k] * m;
+      bg[k] += d * b[k];
+      dx[k] = d;
+    }
+  } else if (gm != nullptr) {
+    for (int64_t k = 0; k < len; ++k) dx[k] = (dx[k] * m) * gm[k];
+  } else {
+    for (int64_t k = 0; k < len; ++k) dx[k] = dx[k] * m;
+  }
+}
+
+// buf: 7 H values per task: x-hat, grad_h / dy, dx, a scratch row (grad_x, then branch), and the
+// block rows of the three parameter gradients (always accumulated; flushed only when wanted).
+// Each row takes three fused passes (A, B, C above) besides its loads and stores.
 template <typename A>
 SDK_ALWAYS_INLINE void bwd_chunks_impl(const BwdArgs<A>& a, int64_t c0, int64_t c1, A* buf) {
   const int64_t H = a.L.H;
   const A inv_h = A(1) / static_cast<A>(H);
   A *xh = buf, *g = buf + H, *dx = buf + 2 * H, *t = buf + 3 * H;
-  A* bw = a.pw != nullptr ? buf + 4 * H : nullptr;
-  A* bb = a.pb != nullptr ? buf + 5 * H : nullptr;
-  A* bg = a.pg != nullptr ? buf + 6 * H : nullptr;
+  A *bw = buf + 4 * H, *bb = buf + 5 * H, *bg = buf + 6 * H;
   std::fill(buf + 4 * H, buf + 7 * H, A(0));
   for (int64_t c = c0; c < c1; ++c) {
     A* pw = a.pw != nullptr ? a.pw + c * H : nullptr;
@@ -371,45 +426,29 @@ SDK_ALWAYS_INLINE void bwd_chunks_impl(const BwdArgs<A>& a, int64_t c0, int64_t 
       const A mean = a.mean != nullptr ? a.mean[row] : A(0);
       const A rstd = a.rstd[row];
       load_row<A>(a.xdt, a.x, off, xh, H);
-      for (int64_t k = 0; k < H; ++k) xh[k] = (xh[k] - mean) * rstd;
       load_row<A>(a.ghdt, a.gh, off, g, H);
-      if (bw != nullptr)
-        for (int64_t k = 0; k < H; ++k) bw[k] += g[k] * xh[k];
-      if (bb != nullptr)
-        for (int64_t k = 0; k < H; ++k) bb[k] += g[k];
-      const A* w = a.w;
-      for (int64_t k = 0; k < H; ++k) g[k] = g[k] * w[k];  // dy
-      const A c1 = row_dot(g, xh, H) * inv_h;
-      const A c2 = a.mean != nullptr ? row_sum(g, H) * inv_h : A(0);
-      for (int64_t k = 0; k < H; ++k) {
-        const A u = (g[k] - c2) - xh[k] * c1;
-        dx[k] = rstd * u;
-      }
-      if (a.gx != nullptr) {
-        load_row<A>(a.gxdt, a.gx, off, t, H);
-        for (int64_t k = 0; k < H; ++k) dx[k] = dx[k] + t[k];
-      }
+      A l1[kLanes] = {}, l2[kLanes] = {};
+      bwd_pass_a(xh, g, a.w, bw, bb, mean, rstd, H, l1, l2);
+      const A c1 = fold(l1) * inv_h;
+      const A c2 = a.mean != nullptr ? fold(l2) * inv_h : A(0);
+      if (a.gx != nullptr) load_row<A>(a.gxdt, a.gx, off, t, H);
+      bwd_pass_b(g, xh, a.gx != nullptr ? t : nullptr, dx, rstd, c1, c2, H);
       store_row<A>(a.grdt, a.gr, off, dx, H);
       if (a.kept[s]) {
-        const A m = a.m[s];
-        for (int64_t k = 0; k < H; ++k) dx[k] = dx[k] * m;
-        if (bg != nullptr) {
-          load_row<A>(a.bdt, a.b, off, t, H);
-          for (int64_t k = 0; k < H; ++k) bg[k] += dx[k] * t[k];
-        }
-        if (a.gamma != nullptr) {
-          const A* gm = a.gamma;
-          for (int64_t k = 0; k < H; ++k) dx[k] = dx[k] * gm[k];
-        }
+        const bool with_b = pg != nullptr;
+        if (with_b) load_row<A>(a.bdt, a.b, off, t, H);
+        bwd_pass_c(dx, with_b ? t : nullptr, bg, a.gamma, a.m[s], H);
         store_row<A>(a.gbdt, a.gb, off, dx, H);
       } else {
         const int64_t esz = c10::elementSize(a.gbdt);
         std::memset(static_cast<char*>(a.gb) + off * esz, 0, static_cast<size_t>(H * esz));
       }
       if ((row - row_begin) % kBlockRows == kBlockRows - 1 || row + 1 == row_end) {
-        if (bw != nullptr) flush_into(pw, bw, H);
-        if (bb != nullptr) flush_into(pb, bb, H);
-        if (bg != nullptr) flush_into(pg, bg, H);
+        if (pw != nullptr) flush_into(pw, bw, H);
+        if (pb != nullptr) flush_into(pb, bb, H);
+        if (pg != nullptr) flush_into(pg, bg, H);
+        if (pw == nullptr) std::fill(bw, bw + H, A(0));  // unwanted sums: kept bounded
+        if (pb == nullptr) std::fill(bb, bb + H, A(0));
       }
     }
   }
