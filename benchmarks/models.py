@@ -12,7 +12,7 @@ interleaved (A B C A B C ...), medians of synchronised wall-clock times:
   add + LayerNorm kernel in the pre-norm blocks (what that kernel adds to ``convert``);
 - ``compile``, ``compile-convert``, ``compile-convert-skip``, ``compile-convert-nonorm``: the same under
   ``torch.compile(model)`` (Inductor, default mode), which is how most serious training runs;
-  ``compile`` is the baseline of the other two (``speedup_vs_compile``).
+  ``compile`` is the baseline of the other three (``speedup_vs_compile``).
 
 Models: ViT-S/16 (``vit_small_patch16_224``), DeiT III-S (``deit3_small_patch16_224``, LayerScale)
 and ConvNeXt-Atto, at drop_path_rate 0.1 and 0.4; on CUDA also ViT-B/16 (batch 128).  CPU: fp32,

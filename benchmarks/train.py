@@ -13,7 +13,8 @@ package: no download), split 80/20 with a fixed permutation, for ``EPOCHS`` epoc
 Each variant runs over ``SEEDS`` seeds; one seed gives every variant the same initial weights and the
 same batches (shuffled by a generator of their own, so the drop-path draws of eager and convert line up
 and convert follows eager's loss curve step for step: bitwise with ``fuse_norm=False``, to rounding
-with the fused norm, whose rounding differences stay at 1e-7 until training amplifies them).  Rows (suite "train", one per variant and
+with the fused norm, whose rounding differences stay at 1e-7 until training amplifies them).
+Rows (suite "train", one per variant and
 seed, plus a "mean" row per variant) carry the final test accuracy, the training time and the loss
 curve's distance from eager's; a PNG shows the loss curves.
 

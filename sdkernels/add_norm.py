@@ -401,8 +401,9 @@ def drop_path_add_norm(
         h    = F.rms_norm(x, (H,), weight, eps) + bias         norm="rms" (bias usually None)
 
     ``x`` is exactly :func:`sdkernels.drop_path_add` (same draws under one seed, same
-    dtype rule, same bits; with ``layer_scale`` each multiply and the add are rounded
-    separately in fp32, as eager ``x + drop_path(branch * gamma)`` computes them in fp32).
+    dtype rule, same bits, unless an fp64 weight, bias or ``out_dtype`` with narrower
+    activations raises the math to fp64, when x is computed in fp64 and rounded once;
+    with ``layer_scale`` each multiply and the add are rounded separately in fp32, as eager ``x + drop_path(branch * gamma)`` computes them in fp32).
     ``h`` is the norm of ``x`` *as stored* (after its rounding to x's dtype), statistics in
     fp32 (fp64 for fp64 inputs), rounded once: exactly the norm of the residual the next
     block reads.

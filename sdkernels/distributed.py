@@ -131,7 +131,10 @@ def _layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim, alph
 # seq-first [S, B, H] as sequence parallelism shards it); a middle dim of a 3-d tensor is redistributed.
 # The norm is not linear: no Partial (DTensor reduces a Partial input first, so x and h see the sum).
 # The backward's weight, bias and gamma gradients are sums over rows: Partial under Shard(0).
-# RMSNorm returns an empty ``mean``: it stays replicated.
+# RMSNorm returns an empty ``mean``: it stays replicated.  Known limit: mean and rstd are 1-D (one value
+# per row), so for a 3-d x whose leading dim does not split evenly over the mesh (e.g. 197 tokens on 2
+# ranks) their Shard(0) metadata does not match the rows each rank holds; the values are right as long as
+# they are not redistributed (the backward takes the same Shard(0) rule), but full_tensor() of them is not.
 
 def _add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype=None):
     R, S, _ = _placements()

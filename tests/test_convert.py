@@ -329,6 +329,22 @@ def test_fuse_norm_runs_add_norm_once_per_block(name, monkeypatch):
             assert b is norm.bias and eps == norm.eps
 
 
+def test_fuse_norm_keeps_norm2_hooks(monkeypatch):
+    """A forward hook on norm2 (an observer, a tensor-parallel plan) must still run: no fused norm there."""
+    calls = []
+    real = core.drop_path_add_norm
+    monkeypatch.setattr(core, "drop_path_add_norm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = sdkernels.convert(_two_block_vit())
+    seen = []
+    handle = model.blocks[1].norm2.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    model.train()
+    model(torch.randn(4, 3, 32, 32))
+    assert calls == [] and len(seen) == 1
+    handle.remove()
+    model(torch.randn(4, 3, 32, 32))
+    assert len(calls) == 1
+
+
 def test_fuse_norm_leaves_short_rows_to_inductor(monkeypatch):
     """Under torch.compile rows of <= 1024 (here 192) keep Inductor's own add + norm fusion."""
     calls = []

@@ -155,7 +155,8 @@ def convert(model: nn.Module, *, skip: bool = False, count: str = "fixed", backe
             whose first residual add feeds ``norm2``, do drop path + add + that LayerNorm in one
             :func:`sdkernels.drop_path_add_norm` pass (the block's own ``norm2`` weight, bias and eps).
             Applies where the block is fused (not skipped); under ``torch.compile`` only to rows longer
-            than 1024 (Inductor fuses shorter ones itself: ``core.INDUCTOR_NORM_ROWS``).  Training outputs then equal the original's
+            than 1024 (Inductor fuses shorter ones itself: ``core.INDUCTOR_NORM_ROWS``); not where
+            ``norm2`` has forward hooks (they would not run).  Training outputs then equal the original's
             to rounding (the norm's sums are ordered differently); with ``fuse_norm=False`` they are
             bitwise the original's in fp32.
 

@@ -243,11 +243,19 @@ def residual_site(
 INDUCTOR_NORM_ROWS = 1024
 
 
+def _has_forward_hooks(m: nn.Module) -> bool:
+    from torch.nn.modules import module as _mod
+
+    return bool(m._forward_hooks or m._forward_pre_hooks or _mod._global_forward_hooks
+                or _mod._global_forward_pre_hooks)
+
+
 def norm_of(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[str, Optional[torch.Tensor], Optional[torch.Tensor],
                                                                 float]]:
     """``(kind, weight, bias, eps)`` when ``norm(x)`` is exactly ``F.layer_norm`` / ``F.rms_norm`` over x's
     last dim with the module's own parameters (``nn.LayerNorm``, timm's ``LayerNorm`` without its fast-norm
-    flag, ``nn.RMSNorm`` with an explicit eps), else None: the add + norm op may stand in for it."""
+    flag, ``nn.RMSNorm`` with an explicit eps) and no forward hooks, else None: the add + norm op may stand
+    in for it."""
     if not isinstance(x, torch.Tensor) or isinstance(x, _fx.Proxy) or x.dim() < 1:
         return None
     kind = None
@@ -258,6 +266,8 @@ def norm_of(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[str, Optional[to
     elif type(norm) is getattr(nn, "RMSNorm", None) and norm.eps is not None:
         kind = "rms"
     if kind is None or tuple(norm.normalized_shape) != (x.shape[-1],):
+        return None
+    if _has_forward_hooks(norm):  # the fused op never calls the module: its hooks (observers, TP plans) would not run
         return None
     return kind, norm.weight, getattr(norm, "bias", None), float(norm.eps)
 
@@ -278,8 +288,8 @@ def residual_norm_site(
     active drop path fused on every sample (``convert(fuse_norm=True)``, no skip path in the block),
     ``norm`` is one the op computes exactly (:func:`norm_of`) and, under torch.compile, the rows are
     longer than :data:`INDUCTOR_NORM_ROWS` (shorter ones Inductor fuses itself); the block's own
-    ``norm.weight``, ``bias`` and ``eps`` are used, so its state_dict is unchanged.  Same draw as :func:`residual_site`; ``h`` is
-    the norm of ``x`` as stored, equal to ``norm(x)`` to rounding.
+    ``norm.weight``, ``bias`` and ``eps`` are used, so its state_dict is unchanged.  Same draw as
+    :func:`residual_site`; ``h`` is the norm of ``x`` as stored, equal to ``norm(x)`` to rounding.
     """
     if not (settings.fuse_norm and not settings.skip and rate is not None and rate.active):
         return None

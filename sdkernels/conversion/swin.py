@@ -15,7 +15,8 @@ torchvision 0.2x, one ``StochasticDepth(p, "row")`` module used for both branche
     x = x + self.stochastic_depth(self.mlp(self.norm2(x)))    # V2: self.norm2(self.mlp(x))
 
 Pre-norm v1 blocks with ``fuse_norm`` (fused, not skipped) do the first add and ``norm2`` in one
-``drop_path_add_norm`` pass.  Shifted-window attention partitions each sample into windows (its mask is per window, not per
+``drop_path_add_norm`` pass.
+Shifted-window attention partitions each sample into windows (its mask is per window, not per
 sample), so every branch acts on each sample alone and ``skip=True`` runs it on the kept samples.
 """
 from __future__ import annotations
