@@ -147,6 +147,12 @@ def _check_module_rate_and_mode(p, mode) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def check_backend_name(backend) -> None:
+    """ValueError unless ``backend`` is one of :data:`BACKEND_NAMES` (every public entry point's check)."""
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+
+
 def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, generator) -> int:
     """Validate everything but the tensor pairing; returns sample_dim wrapped to [0, ndim)."""
     if not isinstance(x, torch.Tensor):
@@ -157,8 +163,7 @@ def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, gene
         raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+    check_backend_name(backend)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if x.dtype not in FLOAT_DTYPES:

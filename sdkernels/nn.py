@@ -170,8 +170,7 @@ class DropPathAddNorm(nn.Module):
             bias = elementwise_affine and norm == "layer"
         if bias and not elementwise_affine:
             raise ValueError("bias=True needs elementwise_affine=True")
-        if backend not in F.BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {F.BACKEND_NAMES}, got {backend!r}")
+        F.check_backend_name(backend)
         self.normalized_shape = normalized_shape
         self.p = p
         self.eps = eps

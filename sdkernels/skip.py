@@ -618,10 +618,10 @@ def drop_path_residual(
         if rng.is_dtensor(x):
             scale = rng._replicated_agreed(scale, x)
         y = _call_branch(fn, x)
+        acc = reference.drop_dtypes(x.dtype, y.dtype, None if gamma is None else gamma.dtype)[1]
+        alpha = reference.keep_scale(p, scale_by_keep, acc)
         if gamma is not None:  # the fused LayerScale op of drop_path_add, with its multiplier
-            alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype, gamma.dtype))
             return functional._ls_backend(_core_backend(be.name)).residual_add_ls(x, y, scale, gamma, dim, cd, alpha)
-        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype))
         return _core_backend(be.name).residual_add(x, y, scale, dim, alpha)
     if count == "fixed":
         k = kept_count(n, p)
@@ -645,7 +645,7 @@ def drop_path_residual(
         residual, xs = x, be.gather(x, index, dim)
     y = branch(xs)
     if alpha is None:
-        alpha = reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype, y.dtype))
+        alpha = reference.keep_scale(p, scale_by_keep, reference.drop_dtypes(x.dtype, y.dtype)[1])
     return be.index_add(residual, y, index, dim, alpha)
 
 
@@ -687,8 +687,7 @@ class StochasticResidual(_fx.NotScriptable, nn.Module):
         functional._check_module_rate_and_mode(p, mode)
         if count not in COUNTS:
             raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
-        if backend not in functional.BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {functional.BACKEND_NAMES}, got {backend!r}")
+        functional.check_backend_name(backend)
         self.branch = branch
         self.p = p
         self.mode = mode

@@ -318,5 +318,4 @@ def validate(skip, count, backend, fuse_norm=True) -> None:
         raise TypeError(f"fuse_norm must be a bool, got {type(fuse_norm).__name__}")
     if count not in COUNTS:
         raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
-    if backend not in functional.BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {functional.BACKEND_NAMES}, got {backend!r}")
+    functional.check_backend_name(backend)
