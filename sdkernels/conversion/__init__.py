@@ -105,7 +105,7 @@ def _swapped_original(m: nn.Module):
 
 def _swap_in(m: nn.Module, backend: str) -> nn.Module:
     """The sdkernels module standing for drop-path module ``m`` (timm's or torchvision's)."""
-    if isinstance(m, core._tv_stochastic_depth_types()):
+    if isinstance(m, core.tv_stochastic_depth_types()):
         new = sdk_nn.StochasticDepth(m.p, m.mode, backend=backend)
     else:
         new = sdk_nn.DropPath(m.drop_prob, m.scale_by_keep, backend=backend)
@@ -235,7 +235,7 @@ def conversion_report(model: nn.Module, summary: bool = False):
         f = _patched(m)
         if f is None:
             continue
-        pat = core._PATTERNS[f.pattern_cls]
+        pat = core.PATTERNS[f.pattern_cls]
         rates = [core.rate_of(getattr(m, n, None)) for n in pat.drop_paths]
         covered.update(id(getattr(m, n, None)) for n in pat.drop_paths)
         rows.append(dict(path=path, cls=core.qualname(type(m)), how="skip" if f.settings.skip else "fused",

@@ -26,9 +26,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import _fx, functional, nn as sdk_nn
-from ..add_norm import drop_path_add_norm
-from ..skip import COUNTS, drop_path_residual
+from .. import _fx, checks, functional, nn as sdk_nn
+from ..functional import drop_path_add_norm, drop_path_residual
 
 __all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "residual_site", "has_batchnorm",
            "run_sequence", "norm_of", "residual_norm_site"]
@@ -91,7 +90,7 @@ class Pattern:
         return None
 
 
-_PATTERNS: Dict[type, Pattern] = {}
+PATTERNS: Dict[type, Pattern] = {}
 
 
 def qualname(cls: type) -> str:
@@ -102,7 +101,7 @@ def register(pattern: Pattern) -> Pattern:
     """Add a block pattern (keyed by its exact class; a later one replaces an earlier one)."""
     if not isinstance(pattern, Pattern):
         raise TypeError(f"register takes a Pattern, got {type(pattern).__name__}")
-    _PATTERNS[pattern.cls] = pattern
+    PATTERNS[pattern.cls] = pattern
     return pattern
 
 
@@ -111,7 +110,7 @@ def pattern_for(module: nn.Module) -> Tuple[Optional[Pattern], Optional[str]]:
     among its bases but it cannot, ``(None, None)`` when no pattern knows it."""
     cls = type(module)
     for base in cls.__mro__:
-        pat = _PATTERNS.get(base)
+        pat = PATTERNS.get(base)
         if pat is None:
             continue
         if cls.forward is not base.forward:
@@ -145,7 +144,7 @@ def _timm_drop_path_types() -> tuple:
     return _imported("timm", load)
 
 
-def _tv_stochastic_depth_types() -> tuple:
+def tv_stochastic_depth_types() -> tuple:
     def load():
         from torchvision.ops import StochasticDepth as TvStochasticDepth
         return TvStochasticDepth
@@ -155,7 +154,7 @@ def _tv_stochastic_depth_types() -> tuple:
 
 def foreign_drop_path_types() -> tuple:
     """The drop-path module classes of timm and torchvision installed here."""
-    return _timm_drop_path_types() + _tv_stochastic_depth_types()
+    return _timm_drop_path_types() + tv_stochastic_depth_types()
 
 
 def is_drop_path_module(m) -> bool:
@@ -167,7 +166,7 @@ def rate_of(m) -> Optional[Rate]:
     """The rate of a block's drop-path attribute: None for ``None`` / ``nn.Identity`` (timm at rate 0)."""
     if m is None or isinstance(m, nn.Identity):
         return None
-    if isinstance(m, (sdk_nn.StochasticDepth,) + _tv_stochastic_depth_types()):
+    if isinstance(m, (sdk_nn.StochasticDepth,) + tv_stochastic_depth_types()):
         return Rate(float(m.p), True, m.mode, m.training)
     if isinstance(m, (sdk_nn.DropPath,) + _timm_drop_path_types()):
         return Rate(float(m.drop_prob), bool(m.scale_by_keep), "row", m.training)
@@ -316,6 +315,5 @@ def validate(skip, count, backend, fuse_norm=True) -> None:
         raise TypeError(f"skip must be a bool, got {type(skip).__name__}")
     if not isinstance(fuse_norm, bool):
         raise TypeError(f"fuse_norm must be a bool, got {type(fuse_norm).__name__}")
-    if count not in COUNTS:
-        raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
-    functional.check_backend_name(backend)
+    checks.check_count(count)
+    checks.check_backend_name(backend)
