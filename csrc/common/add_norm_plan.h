@@ -1,4 +1,4 @@
-// Host-side planning of the add + norm ops (issue 14), shared by the CPU and
+// Host-side planning of the add + norm ops, shared by the CPU and
 // CUDA kernels: argument checks, output allocation and the row layout.
 //
 //   x = residual + (branch * gamma[h]) * (scale[s] * alpha)   kept sample s (gamma optional)

@@ -1,6 +1,6 @@
 // Host-side layout rules and argument checks shared by the CPU and CUDA
 // kernels of the skip-path ops (scaled_index_add, index_scale; schemas in
-// csrc/ops.cpp).
+// csrc/ops/skip.cpp).
 //
 // Layout.  A tensor of n samples is a dense block [outer, n, inner]
 // (sample_layout.h).  Its k-sample partner (scaled_index_add's src,

@@ -1,4 +1,4 @@
-// CPU kernels of the add + norm ops (issue 14; schemas in csrc/ops.cpp, spec in
+// CPU kernels of the add + norm ops (schemas in csrc/ops/add_norm.cpp, spec in
 // sdkernels/reference.py: add_norm, add_norm_backward).
 //
 // One pass over memory per direction.  A thread takes whole rows (the H

@@ -1,4 +1,4 @@
-// CPU kernels of the LayerScale ops (issue 13; schemas in csrc/ops.cpp, row
+// CPU kernels of the LayerScale ops (schemas in csrc/ops/layer_scale.cpp, row
 // view and planning in csrc/common/layer_scale.h, spec in sdkernels/reference.py).
 //
 // Forward: one pass split by at::parallel_for in chunks of

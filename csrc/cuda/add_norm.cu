@@ -1,4 +1,4 @@
-// CUDA kernels of the add + norm ops (issue 14; schemas in csrc/ops.cpp, same
+// CUDA kernels of the add + norm ops (schemas in csrc/ops/add_norm.cpp, same
 // semantics as csrc/cpu/add_norm.cpp and sdkernels.reference.add_norm /
 // add_norm_backward).
 //

@@ -1,4 +1,4 @@
-// CUDA kernels of the LayerScale ops (issue 13; schemas in csrc/ops.cpp, row
+// CUDA kernels of the LayerScale ops (schemas in csrc/ops/layer_scale.cpp, row
 // view and planning in csrc/common/layer_scale.h, spec in sdkernels/reference.py).
 //
 // Forward (scaled_residual_add_ls, sample_scale_ls): the grid-stride loop of

@@ -1,5 +1,5 @@
-// CUDA kernels of the fused drop-path ops (schemas in csrc/ops.cpp; same
-// semantics as csrc/cpu/drop_path.cpp and sdkernels/reference.py).
+// CUDA kernels of the fused drop-path ops (schemas in csrc/ops/core.cpp; same
+// semantics as csrc/cpu/core.cpp and sdkernels/reference.py).
 //
 // One pass over memory.  Each op sees its tensors as a dense block
 // [outer, n, inner] (csrc/common/sample_layout.h) and walks it with a

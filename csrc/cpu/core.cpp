@@ -1,4 +1,4 @@
-// CPU kernels of the fused drop-path ops (schemas in csrc/ops.cpp).
+// CPU kernels of the fused drop-path ops (schemas in csrc/ops/core.cpp).
 //
 // One pass over memory, split across threads by at::parallel_for in chunks of
 // at::internal::GRAIN_SIZE elements, so small tensors stay on one thread (no

@@ -1,4 +1,4 @@
-// CPU kernels of the skip-path ops (schemas in csrc/ops.cpp):
+// CPU kernels of the skip-path ops (schemas in csrc/ops/skip.cpp):
 //
 //   scaled_index_add(residual, src, index, sample_dim, alpha):
 //     out = residual (converted to promote_types(residual, src)), then

@@ -1,5 +1,5 @@
-// CUDA kernels of the skip-path ops (schemas in csrc/ops.cpp; same semantics
-// and layouts as csrc/cpu/scaled_index_add.cpp and sdkernels/skip.py):
+// CUDA kernels of the skip-path ops (schemas in csrc/ops/skip.cpp; same
+// semantics and layouts as csrc/cpu/skip.cpp and sdkernels/skip.py):
 //
 //   scaled_index_add: out = residual, out[index[j]] += src[j] * alpha (sample dim)
 //   index_scale:      out[j] = grad[index[j]] * alpha
