@@ -196,8 +196,7 @@ inline void check_gamma(const at::Tensor& gamma, int64_t C, const at::Device& de
   TORCH_CHECK_VALUE(gamma.dim() == 1 && gamma.numel() == C,
                     "sdkernels: gamma must be 1-D with one value per channel (" + std::to_string(C) +
                         "), got shape " + shape_str(gamma.sizes()));
-  TORCH_CHECK_VALUE(gamma.device() == device, "sdkernels: gamma is on ", gamma.device(),
-                    " but the input is on ", device);
+  check_device(gamma, "gamma", device);
 }
 
 // The math dtype: float64 when any of the dtypes is, else float32.
