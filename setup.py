@@ -66,7 +66,16 @@ def _want_cuda():
 
 
 def _extensions():
-    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/composite/*.cpp"))
+    # csrc/ops.cpp (the module), csrc/ops/ (schemas), csrc/autograd/, csrc/composite/ (the eager fast
+    # path's draw + op), csrc/cpu/ (kernels) and csrc/testing/ (test-only hooks, their own op namespace).
+    cpp_sources = sorted(
+        glob.glob("csrc/*.cpp")
+        + glob.glob("csrc/ops/*.cpp")
+        + glob.glob("csrc/autograd/*.cpp")
+        + glob.glob("csrc/composite/*.cpp")
+        + glob.glob("csrc/cpu/*.cpp")
+        + glob.glob("csrc/testing/*.cpp")
+    )
     # The C++ standard is the one torch asks for.  -fopenmp: at::parallel_for is
     # inlined from ATen's headers and runs serially unless the extension itself
     # is compiled with OpenMP (torch's CPU build uses the OpenMP backend).

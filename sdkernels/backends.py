@@ -124,7 +124,7 @@ class BackendTable:
             return self.auto(device.type, numel)
         be = self._entries.get(backend)
         if be is None or not be.available:
-            raise ValueError(f"backend {backend!r} is not available here for {self.family}; available backends: "
+            raise ValueError(f"backend {backend!r} is not available here; available backends: "
                              f"{self.available()}")
         if be.devices is not None and device.type not in be.devices:
             raise ValueError(f"backend {backend!r} runs on {sorted(be.devices)} tensors, got a tensor on {device}")

@@ -176,7 +176,7 @@ def test_bad_tensors():
 
 @pytest.mark.skipif("cuda" in sdkernels.available_backends(), reason="cuda backend present")
 def test_unavailable_backend_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"backend 'cuda' is not available here for core; available backends"):
+    with pytest.raises(ValueError, match=r"backend 'cuda' is not available here; available backends"):
         sdkernels.drop_path_add(R0, B0, 0.1, backend="cuda")
 
 

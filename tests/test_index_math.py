@@ -1,9 +1,9 @@
 """The CUDA kernels' index and tail math, run on the host.
 
 csrc/common/drop_path_index.h holds the grid-stride loop, the vector/tail
-plan and the sample cursor of csrc/cuda/drop_path.cu as __host__ __device__
-functions; csrc/cpu/index_math_hooks.cpp exposes the very same functions as
-test-only ops (``torch.ops.sdkernels._index_*``).  These tests check them
+plan and the sample cursor of csrc/cuda/core.cu as __host__ __device__
+functions; csrc/testing/index_math.cpp exposes the very same functions as
+test-only ops (``torch.ops.sdkernels_testing.index_*``).  These tests check them
 against plain Python integer math, so an indexing bug of the CUDA backend
 (32-bit overflow, a lost tail, a vector that straddles two samples, an
 element visited twice) fails here on a CPU-only machine.
@@ -17,10 +17,10 @@ import torch
 
 import sdkernels  # noqa: F401  (loads the extension and its ops)
 
-ops = torch.ops.sdkernels
+ops = torch.ops.sdkernels_testing
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(ops, "_index_emulate"), reason="sdkernels extension without the index test hooks"
+    not hasattr(ops, "index_emulate"), reason="sdkernels extension without the index test hooks"
 )
 
 BIG = [2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, 2**32, 2**32 + 1, 2**33 + 12345, 2**40 + 7, 2**62 - 1]
@@ -40,37 +40,37 @@ def test_sample_of_matches_python(inner, n):
     offsets = BIG + [0, 1, inner - 1, inner, inner * n - 1, inner * n, inner * n + inner]
     offsets += [rng.randrange(0, 2**62) for _ in range(50)]
     offsets = [o for o in offsets if 0 <= o < 2**63]
-    got = ops._index_sample_of(offsets, inner, n)
+    got = ops.index_sample_of(offsets, inner, n)
     assert got == [py_sample(o, inner, n) for o in offsets]
 
 
 def test_sample_of_past_32_bits_is_not_wrapped():
     # A 32-bit offset would see 2**32 + 5 as 5 (sample 1 of inner 3, n 4): the true answer differs.
     o = 2**32 + 5
-    assert ops._index_sample_of([o], 3, 4) == [(o // 3) % 4]
+    assert ops.index_sample_of([o], 3, 4) == [(o // 3) % 4]
     assert (o // 3) % 4 != (5 // 3) % 4
     o = 2**31 + 3  # an int32 offset would be negative
-    assert ops._index_sample_of([o], 5, 7) == [(o // 5) % 7]
+    assert ops.index_sample_of([o], 5, 7) == [(o // 5) % 7]
 
 
 # ----------------------------------------------------- vec width, align ----
 
 
 def test_vec_width():
-    assert ops._index_vec_width([2]) == 8  # fp16 / bf16
-    assert ops._index_vec_width([4]) == 4  # fp32
-    assert ops._index_vec_width([8]) == 2  # fp64
-    assert ops._index_vec_width([4, 2, 4]) == 8  # fp32 residual + bf16 branch -> 8 elements
-    assert ops._index_vec_width([8, 2]) == 8
-    assert ops._index_vec_width([3]) == 1
-    assert ops._index_vec_width([32]) == 1
+    assert ops.index_vec_width([2]) == 8  # fp16 / bf16
+    assert ops.index_vec_width([4]) == 4  # fp32
+    assert ops.index_vec_width([8]) == 2  # fp64
+    assert ops.index_vec_width([4, 2, 4]) == 8  # fp32 residual + bf16 branch -> 8 elements
+    assert ops.index_vec_width([8, 2]) == 8
+    assert ops.index_vec_width([3]) == 1
+    assert ops.index_vec_width([32]) == 1
 
 
 def test_aligned():
-    assert ops._index_aligned([0, 16, 2**40 + 32])
-    assert not ops._index_aligned([16, 8])
-    assert not ops._index_aligned([2**33 + 4])
-    assert ops._index_aligned([])
+    assert ops.index_aligned([0, 16, 2**40 + 32])
+    assert not ops.index_aligned([16, 8])
+    assert not ops.index_aligned([2**33 + 4])
+    assert ops.index_aligned([])
 
 
 # ------------------------------------------------------------- vec plan ----
@@ -90,7 +90,7 @@ def test_vec_plan(vec, aligned):
     cases = [(0, 1, 1), (1, 1, 1), (7, 7, 1), (8, 8, 1), (9, 9, 1), (103, 10, 3), (24, 3, 8), (6 * 2226546, 2226546, 6)]
     cases += [(b, b, 1) for b in BIG[:-1]] + [(2**33 + 3, (2**33 + 3), 1), (3 * (2**31 + 1), 2**31 + 1, 3)]
     for numel, inner, n in cases:
-        got = ops._index_vec_plan(numel, inner, n, vec, aligned)
+        got = ops.index_vec_plan(numel, inner, n, vec, aligned)
         assert got == expected_plan(numel, inner, n, vec, aligned), (numel, inner, n)
         vectorized, _, v, nvec, tail = got
         # The tail is shorter than one vector and everything is covered.
@@ -99,12 +99,12 @@ def test_vec_plan(vec, aligned):
 
 
 def test_vec_plan_unaligned_is_all_scalar():
-    assert ops._index_vec_plan(1000, 10, 100, 4, False) == [0, 1, 1, 0, 0]
+    assert ops.index_vec_plan(1000, 10, 100, 4, False) == [0, 1, 1, 0, 0]
 
 
 def test_vec_plan_tail_past_2_32():
     numel = 2**32 + 13
-    vectorized, row_aligned, vec, nvec, tail = ops._index_vec_plan(numel, numel, 1, 8, True)
+    vectorized, row_aligned, vec, nvec, tail = ops.index_vec_plan(numel, numel, 1, 8, True)
     assert (vectorized, row_aligned, vec) == (1, 1, 8)
     assert nvec == numel // 8 and tail == nvec * 8 == 2**32 + 8
 
@@ -113,7 +113,7 @@ def test_vec_plan_tail_past_2_32():
 
 
 def test_grid_blocks():
-    g = ops._index_grid_blocks
+    g = ops.index_grid_blocks
     assert g(0, 1, 1, 4, True, 256, 1056) == 1  # zero elements still a valid launch config
     assert g(1, 1, 1, 4, True, 256, 1056) == 1
     assert g(4 * 256, 4 * 256, 1, 4, True, 256, 1056) == 1
@@ -145,7 +145,7 @@ def test_grid_blocks():
 )
 def test_cursor_walk_matches_division(start, step, inner, n):
     count = 4000
-    got = ops._index_cursor_walk(start, step, count, inner, n).numpy()
+    got = ops.index_cursor_walk(start, step, count, inner, n).numpy()
     offsets = start + step * np.arange(count, dtype=object)
     want_rem = [int(o % inner) for o in offsets]
     want_s = [int((o // inner) % n) for o in offsets]
@@ -157,12 +157,12 @@ def test_cursor_walk_matches_division(start, step, inner, n):
 
 
 def emulate(numel, inner, n, vec, aligned, nblocks, nthreads, tid_begin=0, tid_end=-1):
-    vo, vs, eo, es = ops._index_emulate(numel, inner, n, vec, aligned, nblocks, nthreads, tid_begin, tid_end)
+    vo, vs, eo, es = ops.index_emulate(numel, inner, n, vec, aligned, nblocks, nthreads, tid_begin, tid_end)
     return vo.numpy(), vs.numpy(), eo.numpy(), es.numpy()
 
 
 def check_full_grid(numel, inner, n, vec, aligned, nblocks, nthreads):
-    vectorized, row_aligned, v, nvec, tail = ops._index_vec_plan(numel, inner, n, vec, aligned)
+    vectorized, row_aligned, v, nvec, tail = ops.index_vec_plan(numel, inner, n, vec, aligned)
     vo, vs, eo, es = emulate(numel, inner, n, vec, aligned, nblocks, nthreads)
     ctx = dict(numel=numel, inner=inner, n=n, vec=vec, aligned=aligned, grid=(nblocks, nthreads))
     # Vectors: whole, aligned to their width, inside [0, numel) and inside one sample row.
@@ -244,7 +244,7 @@ def test_grid_sized_like_the_cuda_launch_covers_everything():
     # The launch picks grid_blocks(work_items) blocks of 256; a capped grid loops.
     for numel, inner, n, vec in [(1000, 100, 10, 4), (6 * 42 * 123, 42 * 123, 6, 8), (12345, 12345, 1, 2)]:
         for cap in (1, 3, 1000):
-            nblocks = ops._index_grid_blocks(numel, inner, n, vec, True, 256, cap)
+            nblocks = ops.index_grid_blocks(numel, inner, n, vec, True, 256, cap)
             check_full_grid(numel, inner, n, vec, True, nblocks, 256)
 
 
@@ -264,7 +264,7 @@ def test_grid_sized_like_the_cuda_launch_covers_everything():
 def test_grid_offsets_past_32_bits(numel, inner, n, vec):
     nblocks, nthreads = 1056, 256  # 132 SMs x 8 blocks of 256, as on an H100
     total = nblocks * nthreads
-    vectorized, row_aligned, v, nvec, tail = ops._index_vec_plan(numel, inner, n, vec, True)
+    vectorized, row_aligned, v, nvec, tail = ops.index_vec_plan(numel, inner, n, vec, True)
     # The first, a middle and the last threads of the grid, and the tail owner(s).
     tids = [0, 1, total // 2 + 3, total - 1] + [t % total for t in range(tail, numel)][:8]
     # The owners of the vectors at 2^31 and 2^32 and of the last vector.

@@ -1,9 +1,9 @@
-"""The CUDA LayerScale kernels' index math (issue 13), run on the host.
+"""The CUDA LayerScale kernels' index math, run on the host.
 
 ``csrc/common/drop_path_index.h`` (``visit_thread_ch``: the grid-stride loop
 with a channel cursor) and ``csrc/common/layer_scale.h`` (the row view, the
-backward's column grid) are exposed by ``csrc/cpu/index_math_hooks.cpp`` as
-``torch.ops.sdkernels._index_emulate_ch`` / ``_index_ls_cols``.  Checked
+backward's column grid) are exposed by ``csrc/testing/index_math.cpp`` as
+``torch.ops.sdkernels_testing.index_emulate_ch`` / ``index_ls_cols``.  Checked
 against plain integer math on dense layouts of every kind: each element
 visited once with its sample and channel, and every partial slot of the
 gamma gradient written exactly once, also when a grid has more row groups
@@ -17,9 +17,9 @@ import torch
 
 import sdkernels  # noqa: F401  (loads the extension and its ops)
 
-ops = torch.ops.sdkernels
+ops = torch.ops.sdkernels_testing
 
-pytestmark = pytest.mark.skipif(not hasattr(ops, "_index_emulate_ch"), reason="extension without the LayerScale hooks")
+pytestmark = pytest.mark.skipif(not hasattr(ops, "index_emulate_ch"), reason="extension without the LayerScale hooks")
 
 
 def _layouts():
@@ -48,7 +48,7 @@ def test_forward_loop_visits_each_element_once_with_its_channel(vec):
     for numel, inner, n, K, C in LAYOUTS:
         for aligned in (True, False):
             nblocks, nthreads = rng.choice([(1, 1), (2, 3), (3, 32), (1, 256)])
-            off, smp, chan = (t.numpy() for t in ops._index_emulate_ch(numel, inner, n, K, C, vec, aligned,
+            off, smp, chan = (t.numpy() for t in ops.index_emulate_ch(numel, inner, n, K, C, vec, aligned,
                                                                          nblocks, nthreads))
             ctx = (numel, inner, n, K, C, vec, aligned, nblocks, nthreads)
             assert sorted(off.tolist()) == list(range(numel)), ctx
@@ -60,7 +60,7 @@ def test_forward_loop_visits_each_element_once_with_its_channel(vec):
 def test_backward_cols_grid_covers_rows_and_writes_every_partial(vec):
     for numel, inner, n, K, C in LAYOUTS:
         for max_blocks in (1, 3, 1000):
-            off, smp, gam, slots, grid = (t.numpy() for t in ops._index_ls_cols(numel, inner, n, K, C, vec, 256,
+            off, smp, gam, slots, grid = (t.numpy() for t in ops.index_ls_cols(numel, inner, n, K, C, vec, 256,
                                                                                  max_blocks))
             if len(grid) == 0:  # gamma per row: the warp-per-row kernel (each row's partial is its own)
                 assert not (C > 1 and K == 1)
@@ -78,7 +78,7 @@ def test_backward_cols_grid_covers_rows_and_writes_every_partial(vec):
 
 def test_more_groups_than_rows():
     # 2 rows of 3000 channels, a device that holds 1000 blocks: groups > rows, empty groups still write.
-    off, smp, gam, slots, grid = (t.numpy() for t in ops._index_ls_cols(6000, 6000, 2, 1, 3000, 4, 256, 1000))
+    off, smp, gam, slots, grid = (t.numpy() for t in ops.index_ls_cols(6000, 6000, 2, 1, 3000, 4, 256, 1000))
     col_tiles, groups, tx, ty = grid.tolist()
     assert sorted(slots.tolist()) == list(range(groups * 3000))
     assert sorted(off.tolist()) == list(range(6000))

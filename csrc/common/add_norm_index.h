@@ -1,6 +1,6 @@
-// Index math of the add + norm kernels (issue 14), host and device: the CPU
+// Index math of the add + norm kernels, host and device: the CPU
 // kernels, the CUDA kernels and the host-run test hooks
-// (csrc/cpu/index_math_hooks.cpp, tests/test_index_math.py) share it.
+// (csrc/testing/add_norm_index.cpp, tests/test_add_norm_index.py) share it.
 //
 // The tensors are seen as `rows` rows of `H` contiguous elements (the
 // normalised last dim) in memory order; row r starts at element r * H.  The

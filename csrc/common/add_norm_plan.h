@@ -1,4 +1,4 @@
-// Host-side planning of the add + norm ops (issue 14), shared by the CPU and
+// Host-side planning of the add + norm ops, shared by the CPU and
 // CUDA kernels: argument checks, output allocation and the row layout.
 //
 //   x = residual + (branch * gamma[h]) * (scale[s] * alpha)   kept sample s (gamma optional)
@@ -13,6 +13,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <optional>
 #include <string>
 
 #include "common/add_norm_index.h"
@@ -41,9 +43,7 @@ inline at::Tensor checked_param(const std::optional<at::Tensor>& t, const char* 
   TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == H,
                     std::string("sdkernels: ") + name + " must have shape (" + std::to_string(H) +
                         ",) (the normalized last dim), got " + shape_str(t->sizes()));
-  TORCH_CHECK_VALUE(t->device() == device, std::string("sdkernels: ") + name + " is on " +
-                                               t->device().str() + " but the inputs are on " +
-                                               device.str());
+  check_device(*t, name, device);
   return t->contiguous();
 }
 
@@ -73,6 +73,15 @@ inline at::Tensor empty_in_layout(const at::Tensor& x, at::ScalarType dtype) {
   return at::empty_strided(x.sizes(), x.strides(), x.options().dtype(dtype));
 }
 
+// alpha finite; eps finite and >= 0 (a negative or NaN eps would make every row NaN).
+inline void check_add_norm_scalars(double alpha, std::optional<double> eps) {
+  TORCH_CHECK_VALUE(std::isfinite(alpha), "sdkernels: alpha must be finite, got " + number_str(alpha));
+  if (eps.has_value()) {
+    TORCH_CHECK_VALUE(std::isfinite(*eps) && *eps >= 0.0,
+                      "sdkernels: eps must be a finite number >= 0, got " + number_str(*eps));
+  }
+}
+
 inline int64_t check_add_norm_dims(const at::Tensor& t, int64_t sample_dim) {
   TORCH_CHECK_VALUE(t.dim() >= 2,
                     "sdkernels: add_norm needs at least 2 dims (samples, ..., the normalized last dim), got " +
@@ -94,16 +103,15 @@ struct AddNormPlan {
 
 inline AddNormPlan plan_add_norm(const at::Tensor& residual, const at::Tensor& branch, const at::Tensor& scale,
                                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& gamma, int64_t sample_dim, bool rms,
-                                 std::optional<at::ScalarType> out_dtype) {
+                                 const std::optional<at::Tensor>& gamma, int64_t sample_dim, double alpha,
+                                 double eps, bool rms, std::optional<at::ScalarType> out_dtype) {
+  check_add_norm_scalars(alpha, eps);
   check_float(residual, "residual");
   check_float(branch, "branch");
   TORCH_CHECK_VALUE(residual.sizes() == branch.sizes(),
                     "sdkernels: residual and branch must have the same shape, got " +
                         shape_str(residual.sizes()) + " and " + shape_str(branch.sizes()));
-  TORCH_CHECK_VALUE(residual.device() == branch.device(), "sdkernels: residual is on " +
-                                                              residual.device().str() + " but branch is on " +
-                                                              branch.device().str());
+  check_device(branch, "branch", residual.device());
   const int64_t dim = check_add_norm_dims(residual, sample_dim);
   const int64_t H = residual.size(-1);
   AddNormPlan P;
@@ -146,11 +154,13 @@ struct AddNormBackwardPlan {
 inline AddNormBackwardPlan plan_add_norm_backward(
     const std::optional<at::Tensor>& grad_x, const at::Tensor& grad_h, const at::Tensor& x, const at::Tensor& mean,
     const at::Tensor& rstd, const at::Tensor& scale, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& branch, int64_t sample_dim, bool rms,
-    at::ScalarType residual_dtype, at::ScalarType branch_dtype, std::optional<at::ScalarType> weight_dtype,
-    std::optional<at::ScalarType> bias_dtype) {
+    const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& branch, int64_t sample_dim,
+    double alpha, bool rms, at::ScalarType residual_dtype, at::ScalarType branch_dtype,
+    std::optional<at::ScalarType> weight_dtype, std::optional<at::ScalarType> bias_dtype) {
+  check_add_norm_scalars(alpha, std::nullopt);
   check_float(x, "x");
   check_float(grad_h, "grad_h");
+  check_device(grad_h, "grad_h", x.device());
   check_float_dtype(residual_dtype, "residual_dtype");
   check_float_dtype(branch_dtype, "branch_dtype");
   TORCH_CHECK_VALUE(grad_h.sizes() == x.sizes(), "sdkernels: grad_h must have x's shape " + shape_str(x.sizes()) +
@@ -167,9 +177,13 @@ inline AddNormBackwardPlan plan_add_norm_backward(
   at::Tensor like = norm_out_like(x, x.scalar_type());
   P.x = match_strides(x, like);
   P.layout = plan_rows(P.x, dim, P.scale.numel());
-  // The forward's math dtype, recorded in rstd's dtype.
+  // The forward's math dtype, recorded in rstd's dtype; mean comes from the same forward.
   TORCH_CHECK_TYPE(rstd.scalar_type() == at::kFloat || rstd.scalar_type() == at::kDouble,
                    std::string("sdkernels: rstd must be float32 or float64, got ") + c10::toString(rstd.scalar_type()));
+  TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
+                   std::string("sdkernels: mean must be float32 or float64, got ") + c10::toString(mean.scalar_type()));
+  check_device(rstd, "rstd", x.device());
+  check_device(mean, "mean", x.device());
   P.acc64 = rstd.scalar_type() == at::kDouble;
   const auto stat = rstd.scalar_type();
   TORCH_CHECK_VALUE(rstd.dim() == 1 && rstd.size(0) == P.layout.rows,
@@ -183,6 +197,7 @@ inline AddNormBackwardPlan plan_add_norm_backward(
   P.grad_h = match_strides(grad_h, P.x);
   if (grad_x.has_value() && grad_x->defined()) {
     check_float(*grad_x, "grad_x");
+    check_device(*grad_x, "grad_x", x.device());
     TORCH_CHECK_VALUE(grad_x->sizes() == x.sizes(), "sdkernels: grad_x must have x's shape " +
                                                         shape_str(x.sizes()) + ", got " +
                                                         shape_str(grad_x->sizes()));
@@ -190,6 +205,7 @@ inline AddNormBackwardPlan plan_add_norm_backward(
   }
   if (want_gamma) {
     check_float(*branch, "branch");
+    check_device(*branch, "branch", x.device());
     TORCH_CHECK_VALUE(branch->sizes() == x.sizes(), "sdkernels: branch must have x's shape " +
                                                         shape_str(x.sizes()) + ", got " +
                                                         shape_str(branch->sizes()));

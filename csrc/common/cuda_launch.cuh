@@ -1,5 +1,5 @@
 // Device helpers and launch planning shared by the CUDA kernels of the
-// drop-path ops (csrc/cuda/drop_path.cu) and the LayerScale ops
+// drop-path ops (csrc/cuda/core.cu) and the LayerScale ops
 // (csrc/cuda/layer_scale.cu).
 #pragma once
 

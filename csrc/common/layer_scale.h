@@ -1,6 +1,6 @@
-// LayerScale ops (issue 13): the row view shared by the CPU and CUDA kernels,
+// LayerScale ops: the row view shared by the CPU and CUDA kernels,
 // and the host-side planning of a call (checks, output, inputs in the output's
-// layout).  Semantics in csrc/ops.cpp and sdkernels/reference.py:
+// layout).  Semantics in csrc/ops/layer_scale.cpp and sdkernels/reference.py:
 //
 //   out = residual + (branch * gamma[c]) * m[s]   kept sample s, channel c
 //   m[s] = scale[s] * alpha, each multiply and the add rounded separately.
@@ -25,7 +25,7 @@
 // a stride, and an outer dim's stride is a multiple of the inner one's extent.
 // One channel (C == 1) is planned with K = inner; one scale for all samples
 // (mode "batch") with n = 1.  Written as __host__ __device__ code (run by the
-// CPU test hooks, csrc/cpu/index_math_hooks.cpp).
+// CPU test hooks, csrc/testing/index_math.cpp).
 //
 // The gamma gradient: every program reduces its own part into fixed fp32
 // (fp64) partials, which are then summed in a fixed order, so the result does
@@ -196,8 +196,7 @@ inline void check_gamma(const at::Tensor& gamma, int64_t C, const at::Device& de
   TORCH_CHECK_VALUE(gamma.dim() == 1 && gamma.numel() == C,
                     "sdkernels: gamma must be 1-D with one value per channel (" + std::to_string(C) +
                         "), got shape " + shape_str(gamma.sizes()));
-  TORCH_CHECK_VALUE(gamma.device() == device, "sdkernels: gamma is on ", gamma.device(),
-                    " but the input is on ", device);
+  check_device(gamma, "gamma", device);
 }
 
 // The math dtype: float64 when any of the dtypes is, else float32.

@@ -10,6 +10,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace sdkernels {
@@ -32,6 +34,17 @@ inline std::string shape_str(at::IntArrayRef sizes) {
     s += std::to_string(sizes[i]);
   }
   return s + "]";
+}
+
+// The shortest text that reads back as v ("1e-05", "-0.1", "nan") for error
+// messages (snprintf: no stream in nvcc-compiled code).
+inline std::string number_str(double v) {
+  char buf[32];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
 }
 
 inline int64_t wrap_sample_dim(int64_t sample_dim, int64_t ndim) {
@@ -80,7 +93,23 @@ inline at::Tensor match_strides(const at::Tensor& src, const at::Tensor& like) {
 }
 
 // Checks shared by every backend's entry point.  Error types follow PyTorch:
-// ValueError for values, TypeError for dtypes, IndexError for dims.
+// ValueError for values and devices, TypeError for dtypes, IndexError for dims.
+
+// A kernel's first tensor argument is on the kernel's own backend (`type`); a
+// kernel reached with tensors of another device (an explicit redispatch, a
+// meta tensor) refuses them before reading any memory.
+inline void check_backend(const at::Tensor& t, const char* name, at::DeviceType type) {
+  TORCH_CHECK_VALUE(t.device().type() == type, std::string("sdkernels: ") + name + " is on " + t.device().str() +
+                                                   ", expected a " + c10::DeviceTypeName(type, /*lower_case=*/true) +
+                                                   " tensor");
+}
+
+// Every other tensor argument is on the device of the first (as ATen requires).
+inline void check_device(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK_VALUE(t.device() == device, std::string("sdkernels: expected all tensors to be on the same device, but ") +
+                                              name + " is on " + t.device().str() + " and the other inputs on " +
+                                              device.str());
+}
 inline void check_float_dtype(at::ScalarType st, const char* name) {
   TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
                    std::string("sdkernels: ") + name +
@@ -99,8 +128,7 @@ inline void check_pair(const at::Tensor& a, const at::Tensor& b, const char* nam
   TORCH_CHECK_VALUE(a.sizes() == b.sizes(), std::string("sdkernels: ") + name_a + " and " + name_b +
                                                 " must have the same shape, got " + shape_str(a.sizes()) +
                                                 " and " + shape_str(b.sizes()));
-  TORCH_CHECK_VALUE(a.device() == b.device(), "sdkernels: ", name_a, " is on ", a.device(), " but ", name_b,
-                    " is on ", b.device());
+  check_device(b, name_b, a.device());
 }
 
 inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
@@ -111,8 +139,7 @@ inline at::Tensor checked_scale(const at::Tensor& scale, int64_t n,
   TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == n || scale.numel() == 1),
                     "sdkernels: scale must hold one value per sample (" + std::to_string(n) +
                         ") or a single value, got shape " + shape_str(scale.sizes()));
-  TORCH_CHECK_VALUE(scale.device() == device, "sdkernels: scale is on ",
-                    scale.device(), " but the input is on ", device);
+  check_device(scale, "scale", device);
   return scale.contiguous();
 }
 

@@ -1,6 +1,6 @@
 // Host-side layout rules and argument checks shared by the CPU and CUDA
 // kernels of the skip-path ops (scaled_index_add, index_scale; schemas in
-// csrc/ops.cpp).
+// csrc/ops/skip.cpp).
 //
 // Layout.  A tensor of n samples is a dense block [outer, n, inner]
 // (sample_layout.h).  Its k-sample partner (scaled_index_add's src,
@@ -46,8 +46,7 @@ inline void check_index_meta(const at::Tensor& index, const at::Device& device) 
                                                       c10::toString(index.scalar_type()));
   TORCH_CHECK_VALUE(index.dim() == 1, "sdkernels: index must be 1-D, got shape ",
                     shape_str(index.sizes()));
-  TORCH_CHECK_VALUE(index.device() == device, "sdkernels: index is on ", index.device(),
-                    " but the tensors are on ", device);
+  check_device(index, "index", device);
 }
 
 // scaled_index_add's arguments, all but index's values; returns sample_dim wrapped.
@@ -57,8 +56,7 @@ inline int64_t check_add_args(const at::Tensor& residual, const at::Tensor& src,
   check_float(src, "src");
   check_float_dtype(residual.scalar_type(), "residual");
   check_float_dtype(src.scalar_type(), "src");
-  TORCH_CHECK_VALUE(residual.device() == src.device(), "sdkernels: residual is on ",
-                    residual.device(), " but src is on ", src.device());
+  check_device(src, "src", residual.device());
   const int64_t dim = wrap_sample_dim(sample_dim, residual.dim());
   TORCH_CHECK_VALUE(src.dim() == residual.dim(), "sdkernels: src must have residual's " +
                         std::to_string(residual.dim()) + " dims, got shape " + shape_str(src.sizes()));

@@ -9,9 +9,11 @@
 //   = sample_scale(x, keep, sample_dim, alpha)
 // with keep = empty(n, float32 | float64 for a float64 branch).bernoulli_(1 - p) on the tensors'
 // device, n = the sample count (1 when batch): the draw of sdkernels.rng.draw, from the default
-// generator; alpha = sdkernels.dtypes.keep_scale(p, scale_by_keep, math dtype).  Registered as CompositeImplicitAutograd: autograd, torch.compile and every tensor
-// subclass see the two ops it is made of.  Every argument is checked before the draw, so a bad call
+// generator; alpha = sdkernels.dtypes.keep_scale(p, scale_by_keep, math dtype).  Registered as
+// CompositeImplicitAutograd: autograd, torch.compile and every tensor subclass see the two ops it is
+// made of.  Every argument is checked before the draw, so a bad call
 // consumes no random numbers (the Python caller then takes its full path, which names the argument).
+// Schemas: csrc/ops/core.cpp and csrc/ops/layer_scale.cpp.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -98,16 +100,6 @@ at::Tensor drop_path_draw(const at::Tensor& x, double p, int64_t sample_dim, boo
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(sdkernels, m) {
-  m.def(
-      "drop_path_add_draw(Tensor residual, Tensor branch, float p, int sample_dim, bool batch, "
-      "bool scale_by_keep) -> Tensor");
-  m.def(
-      "drop_path_add_ls_draw(Tensor residual, Tensor branch, Tensor gamma, float p, int sample_dim, "
-      "int channel_dim, bool batch, bool scale_by_keep) -> Tensor");
-  m.def("drop_path_draw(Tensor x, float p, int sample_dim, bool batch, bool scale_by_keep) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(sdkernels, CompositeImplicitAutograd, m) {
   m.impl("drop_path_add_draw", &drop_path_add_draw);

@@ -1,4 +1,4 @@
-// CPU kernels of the add + norm ops (issue 14; schemas in csrc/ops.cpp, spec in
+// CPU kernels of the add + norm ops (schemas in csrc/ops/add_norm.cpp, spec in
 // sdkernels/reference.py: add_norm, add_norm_backward).
 //
 // One pass over memory per direction.  A thread takes whole rows (the H
@@ -293,7 +293,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_cpu(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& gamma, int64_t sample_dim, double alpha, double eps, bool rms,
     std::optional<at::ScalarType> out_dtype) {
-  const AddNormPlan P = plan_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, rms, out_dtype);
+  check_backend(residual, "residual", at::kCPU);
+  const AddNormPlan P = plan_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms,
+                                    out_dtype);
   if (P.x.numel() > 0) {
     if (P.acc64) {
       add_norm_fwd<double>(P, alpha, eps);
@@ -545,8 +547,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_
     const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& branch, int64_t sample_dim,
     double alpha, bool rms, at::ScalarType residual_dtype, at::ScalarType branch_dtype,
     std::optional<at::ScalarType> weight_dtype, std::optional<at::ScalarType> bias_dtype) {
+  check_backend(x, "x", at::kCPU);
   AddNormBackwardPlan P = plan_add_norm_backward(grad_x, grad_h, x, mean, rstd, scale, weight, gamma, branch,
-                                                 sample_dim, rms, residual_dtype, branch_dtype, weight_dtype,
+                                                 sample_dim, alpha, rms, residual_dtype, branch_dtype, weight_dtype,
                                                  bias_dtype);
   if (P.acc64) {
     add_norm_bwd<double>(P, alpha);

@@ -1,4 +1,4 @@
-// CPU kernels of the LayerScale ops (issue 13; schemas in csrc/ops.cpp, row
+// CPU kernels of the LayerScale ops (schemas in csrc/ops/layer_scale.cpp, row
 // view and planning in csrc/common/layer_scale.h, spec in sdkernels/reference.py).
 //
 // Forward: one pass split by at::parallel_for in chunks of
@@ -322,6 +322,7 @@ at::Tensor layer_scale_grads_typed(const LsPlan& P, double alpha) {
 at::Tensor scaled_residual_add_ls_cpu(const at::Tensor& residual, const at::Tensor& branch,
                                       const at::Tensor& scale, const at::Tensor& gamma,
                                       int64_t sample_dim, int64_t channel_dim, double alpha) {
+  check_backend(residual, "residual", at::kCPU);
   const LsPlan P = plan_residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim);
   if (P.out.numel() == 0) return P.out;
   SDK_DISPATCH_FLOAT(P.a.scalar_type(), "scaled_residual_add_ls_cpu", [&] {
@@ -338,6 +339,7 @@ at::Tensor scaled_residual_add_ls_cpu(const at::Tensor& residual, const at::Tens
 at::Tensor sample_scale_ls_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& gamma,
                                int64_t sample_dim, int64_t channel_dim, double alpha,
                                std::optional<at::ScalarType> dtype) {
+  check_backend(x, "x", at::kCPU);
   const LsPlan P = plan_sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, dtype);
   if (P.out.numel() == 0) return P.out;
   SDK_DISPATCH_FLOAT(P.a.scalar_type(), "sample_scale_ls_cpu", [&] {
@@ -355,6 +357,7 @@ std::tuple<at::Tensor, at::Tensor> layer_scale_grads_cpu(const at::Tensor& grad,
                                                          const at::Tensor& gamma,
                                                          int64_t sample_dim, int64_t channel_dim,
                                                          double alpha) {
+  check_backend(grad, "grad", at::kCPU);
   const LsPlan P = plan_layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim);
   if (P.out.numel() == 0) return {P.out, at::zeros_like(gamma)};
   at::Tensor gg;

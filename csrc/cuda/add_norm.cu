@@ -1,4 +1,4 @@
-// CUDA kernels of the add + norm ops (issue 14; schemas in csrc/ops.cpp, same
+// CUDA kernels of the add + norm ops (schemas in csrc/ops/add_norm.cpp, same
 // semantics as csrc/cpu/add_norm.cpp and sdkernels.reference.add_norm /
 // add_norm_backward).
 //
@@ -480,10 +480,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_cuda(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& gamma, int64_t sample_dim, double alpha, double eps, bool rms,
     std::optional<at::ScalarType> out_dtype) {
-  TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on " + residual.device().str() +
-                                            ", expected a CUDA device");
+  check_backend(residual, "residual", at::kCUDA);
   const c10::cuda::CUDAGuard guard(residual.device());
-  AddNormPlan P = plan_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, rms, out_dtype);
+  AddNormPlan P = plan_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype);
   if (P.x.numel() == 0) return {P.x, P.h, P.mean, P.rstd};
   check_math_dtype(P.acc64, {residual.scalar_type(), branch.scalar_type(), P.x.scalar_type(), P.h.scalar_type()});
   const int device = P.x.get_device();
@@ -594,10 +593,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_
     const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& branch, int64_t sample_dim,
     double alpha, bool rms, at::ScalarType residual_dtype, at::ScalarType branch_dtype,
     std::optional<at::ScalarType> weight_dtype, std::optional<at::ScalarType> bias_dtype) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "sdkernels: x is on " + x.device().str() + ", expected a CUDA device");
+  check_backend(x, "x", at::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   AddNormBackwardPlan P = plan_add_norm_backward(grad_x, grad_h, x, mean, rstd, scale, weight, gamma, branch,
-                                                 sample_dim, rms, residual_dtype, branch_dtype, weight_dtype,
+                                                 sample_dim, alpha, rms, residual_dtype, branch_dtype, weight_dtype,
                                                  bias_dtype);
   const auto out = std::make_tuple(P.grad_residual, P.grad_branch, P.grad_weight, P.grad_bias, P.grad_gamma);
   if (P.layout.rows == 0 || P.layout.H == 0) {

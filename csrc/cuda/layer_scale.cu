@@ -1,4 +1,4 @@
-// CUDA kernels of the LayerScale ops (issue 13; schemas in csrc/ops.cpp, row
+// CUDA kernels of the LayerScale ops (schemas in csrc/ops/layer_scale.cpp, row
 // view and planning in csrc/common/layer_scale.h, spec in sdkernels/reference.py).
 //
 // Forward (scaled_residual_add_ls, sample_scale_ls): the grid-stride loop of
@@ -352,8 +352,7 @@ at::Tensor launch_layer_scale_grads(const LsPlan& P, double alpha) {
 at::Tensor scaled_residual_add_ls_cuda(const at::Tensor& residual, const at::Tensor& branch,
                                        const at::Tensor& scale, const at::Tensor& gamma, int64_t sample_dim,
                                        int64_t channel_dim, double alpha) {
-  TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on ", residual.device(),
-                    ", expected a CUDA device");
+  check_backend(residual, "residual", at::kCUDA);
   const c10::cuda::CUDAGuard guard(residual.device());
   const LsPlan P = plan_residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim);
   if (P.out.numel() == 0) return P.out;
@@ -374,7 +373,7 @@ at::Tensor scaled_residual_add_ls_cuda(const at::Tensor& residual, const at::Ten
 at::Tensor sample_scale_ls_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& gamma,
                                 int64_t sample_dim, int64_t channel_dim, double alpha,
                                 std::optional<at::ScalarType> dtype) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "sdkernels: x is on ", x.device(), ", expected a CUDA device");
+  check_backend(x, "x", at::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const LsPlan P = plan_sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, dtype);
   if (P.out.numel() == 0) return P.out;
@@ -393,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor> layer_scale_grads_cuda(const at::Tensor& grad
                                                           const at::Tensor& scale, const at::Tensor& gamma,
                                                           int64_t sample_dim, int64_t channel_dim,
                                                           double alpha) {
-  TORCH_CHECK_VALUE(grad.is_cuda(), "sdkernels: grad is on ", grad.device(), ", expected a CUDA device");
+  check_backend(grad, "grad", at::kCUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   const LsPlan P = plan_layer_scale_grads(grad, branch, scale, gamma, sample_dim, channel_dim);
   if (P.out.numel() == 0) return {P.out, at::zeros_like(gamma)};

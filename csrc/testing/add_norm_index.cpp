@@ -1,8 +1,8 @@
 // Test-only ops that run the add + norm CUDA kernels' index math
 // (csrc/common/add_norm_index.h) on the host (tests/test_add_norm_index.py):
 // the launch plan, the column each thread's chunk covers, the sample of a
-// row, and the backward's rows per program.  Schemas: the add + norm block of
-// csrc/ops.cpp.  No tensors in, so registered as CompositeExplicitAutograd.
+// row, and the backward's rows per program.  Schemas: csrc/testing/hooks.cpp.
+// No tensors in, so registered as CompositeExplicitAutograd.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -66,12 +66,12 @@ std::vector<int64_t> add_norm_rows_of_program(int64_t programs, int64_t rows) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sdkernels, CompositeExplicitAutograd, m) {
-  m.impl("_add_norm_plan_row", &add_norm_plan_row);
-  m.impl("_add_norm_cover", &add_norm_cover);
-  m.impl("_add_norm_sample_of_row", &add_norm_sample_of_row);
-  m.impl("_add_norm_row_vec_width", &add_norm_row_vec_width);
-  m.impl("_add_norm_rows_of_program", &add_norm_rows_of_program);
+TORCH_LIBRARY_IMPL(sdkernels_testing, CompositeExplicitAutograd, m) {
+  m.impl("add_norm_plan_row", &add_norm_plan_row);
+  m.impl("add_norm_cover", &add_norm_cover);
+  m.impl("add_norm_sample_of_row", &add_norm_sample_of_row);
+  m.impl("add_norm_row_vec_width", &add_norm_row_vec_width);
+  m.impl("add_norm_rows_of_program", &add_norm_rows_of_program);
 }
 
 }  // namespace sdkernels

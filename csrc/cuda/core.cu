@@ -1,5 +1,5 @@
-// CUDA kernels of the fused drop-path ops (schemas in csrc/ops.cpp; same
-// semantics as csrc/cpu/drop_path.cpp and sdkernels/reference.py).
+// CUDA kernels of the fused drop-path ops (schemas in csrc/ops/core.cpp; same
+// semantics as csrc/cpu/core.cpp and sdkernels/reference.py).
 //
 // One pass over memory.  Each op sees its tensors as a dense block
 // [outer, n, inner] (csrc/common/sample_layout.h) and walks it with a
@@ -161,8 +161,7 @@ void launch_sample_scale(const at::Tensor& x, at::Tensor& out, const at::Tensor&
 
 at::Tensor scaled_residual_add_cuda(const at::Tensor& residual, const at::Tensor& branch,
                                     const at::Tensor& scale, int64_t sample_dim, double alpha) {
-  TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on ", residual.device(),
-                    ", expected a CUDA device");
+  check_backend(residual, "residual", at::kCUDA);
   const c10::cuda::CUDAGuard guard(residual.device());
   const ResidualAddPlan P = plan_residual_add(residual, branch, scale, sample_dim);
   at::Tensor out = P.out;
@@ -178,7 +177,7 @@ at::Tensor scaled_residual_add_cuda(const at::Tensor& residual, const at::Tensor
 
 at::Tensor sample_scale_cuda(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
                              double alpha, std::optional<at::ScalarType> dtype) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "sdkernels: x is on ", x.device(), ", expected a CUDA device");
+  check_backend(x, "x", at::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const SampleScalePlan P = plan_sample_scale(x, scale, sample_dim, dtype);
   at::Tensor out = P.out;

@@ -1,4 +1,4 @@
-// CPU kernels of the fused drop-path ops (schemas in csrc/ops.cpp).
+// CPU kernels of the fused drop-path ops (schemas in csrc/ops/core.cpp).
 //
 // One pass over memory, split across threads by at::parallel_for in chunks of
 // at::internal::GRAIN_SIZE elements, so small tensors stay on one thread (no
@@ -126,6 +126,7 @@ void sample_scale_typed(const at::Tensor& x, at::Tensor& out, const at::Tensor& 
 
 at::Tensor scaled_residual_add_cpu(const at::Tensor& residual, const at::Tensor& branch,
                                    const at::Tensor& scale, int64_t sample_dim, double alpha) {
+  check_backend(residual, "residual", at::kCPU);
   const ResidualAddPlan P = plan_residual_add(residual, branch, scale, sample_dim);
   at::Tensor out = P.out;
   if (out.numel() == 0) return out;
@@ -140,6 +141,7 @@ at::Tensor scaled_residual_add_cpu(const at::Tensor& residual, const at::Tensor&
 
 at::Tensor sample_scale_cpu(const at::Tensor& x, const at::Tensor& scale, int64_t sample_dim,
                             double alpha, std::optional<at::ScalarType> dtype) {
+  check_backend(x, "x", at::kCPU);
   const SampleScalePlan P = plan_sample_scale(x, scale, sample_dim, dtype);
   at::Tensor out = P.out;
   if (out.numel() == 0) return out;

@@ -1,4 +1,4 @@
-// CPU kernels of the skip-path ops (schemas in csrc/ops.cpp):
+// CPU kernels of the skip-path ops (schemas in csrc/ops/skip.cpp):
 //
 //   scaled_index_add(residual, src, index, sample_dim, alpha):
 //     out = residual (converted to promote_types(residual, src)), then
@@ -212,6 +212,7 @@ void index_scale_typed(const at::Tensor& g, at::Tensor& out, const int64_t* idx,
 
 at::Tensor scaled_index_add_cpu(const at::Tensor& residual, const at::Tensor& src,
                                 const at::Tensor& index, int64_t sample_dim, double alpha) {
+  check_backend(residual, "residual", at::kCPU);
   const int64_t dim = skip::check_add_args(residual, src, index, sample_dim);
   const int64_t n = residual.size(dim);
   const std::vector<int64_t> inv = inverse_index(index, n);
@@ -235,6 +236,7 @@ at::Tensor scaled_index_add_cpu(const at::Tensor& residual, const at::Tensor& sr
 at::Tensor index_scale_cpu(const at::Tensor& grad, const at::Tensor& index, int64_t sample_dim,
                            double alpha, std::optional<at::ScalarType> dtype) {
   const auto out_dtype = dtype.has_value() ? *dtype : grad.scalar_type();
+  check_backend(grad, "grad", at::kCPU);
   const int64_t dim = skip::check_scale_args(grad, index, sample_dim, out_dtype);
   const int64_t n = grad.size(dim);
   inverse_index(index, n);  // validates: in range and unique

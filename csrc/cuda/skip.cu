@@ -1,5 +1,5 @@
-// CUDA kernels of the skip-path ops (schemas in csrc/ops.cpp; same semantics
-// and layouts as csrc/cpu/scaled_index_add.cpp and sdkernels/skip.py):
+// CUDA kernels of the skip-path ops (schemas in csrc/ops/skip.cpp; same
+// semantics and layouts as csrc/cpu/skip.cpp and sdkernels/skip.py):
 //
 //   scaled_index_add: out = residual, out[index[j]] += src[j] * alpha (sample dim)
 //   index_scale:      out[j] = grad[index[j]] * alpha
@@ -269,9 +269,8 @@ void launch_scale(const at::Tensor& g, at::Tensor& out, const at::Tensor& index,
 
 at::Tensor scaled_index_add_cuda(const at::Tensor& residual, const at::Tensor& src,
                                  const at::Tensor& index, int64_t sample_dim, double alpha) {
+  check_backend(residual, "residual", at::kCUDA);
   const int64_t dim = skip::check_add_args(residual, src, index, sample_dim);
-  TORCH_CHECK_VALUE(residual.is_cuda(), "sdkernels: residual is on ", residual.device(),
-                    ", expected a CUDA device");
   const c10::cuda::CUDAGuard guard(residual.device());
   const auto out_dtype = at::promote_types(residual.scalar_type(), src.scalar_type());
   at::Tensor out = at::empty_like(residual, residual.options().dtype(out_dtype));
@@ -301,9 +300,8 @@ at::Tensor scaled_index_add_cuda(const at::Tensor& residual, const at::Tensor& s
 at::Tensor index_scale_cuda(const at::Tensor& grad, const at::Tensor& index, int64_t sample_dim,
                             double alpha, std::optional<at::ScalarType> dtype) {
   const auto out_dtype = dtype.has_value() ? *dtype : grad.scalar_type();
+  check_backend(grad, "grad", at::kCUDA);
   const int64_t dim = skip::check_scale_args(grad, index, sample_dim, out_dtype);
-  TORCH_CHECK_VALUE(grad.is_cuda(), "sdkernels: grad is on ", grad.device(),
-                    ", expected a CUDA device");
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t k = index.numel();
   const at::Tensor base = at::empty_like(grad);

@@ -1,8 +1,9 @@
 // Test-only ops that run the CUDA kernels' index math (csrc/common/
-// drop_path_index.h) on the host, so CPU-only CI catches indexing bugs of the
-// CUDA backend (tests/test_index_math.py).  Schemas: the "test hooks" section
-// of csrc/ops.cpp.  They take no tensors, so they are registered as
-// CompositeExplicitAutograd kernels (reached whatever the dispatch key set).
+// drop_path_index.h, csrc/common/layer_scale.h) on the host, so CPU-only CI
+// catches indexing bugs of the CUDA backend (tests/test_index_math.py,
+// tests/test_layer_scale_index.py).  Schemas: csrc/testing/hooks.cpp.  They take
+// no tensors, so they are registered as CompositeExplicitAutograd kernels
+// (reached whatever the dispatch key set).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -140,7 +141,7 @@ at::Tensor long_tensor(const std::vector<int64_t>& v) {
   return t;
 }
 
-// ---- LayerScale (issue 13) ----
+// ---- LayerScale ----
 // The forward kernels' loop (visit_thread_ch) over a grid of nblocks x nthreads:
 // every element it touches, in visiting order, as [offsets, samples, channels],
 // the channel stepped along a vector as the kernels step it.
@@ -210,16 +211,16 @@ std::vector<at::Tensor> index_ls_cols(int64_t numel, int64_t inner, int64_t n, i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sdkernels, CompositeExplicitAutograd, m) {
-  m.impl("_index_emulate_ch", &index_emulate_ch);
-  m.impl("_index_ls_cols", &index_ls_cols);
-  m.impl("_index_sample_of", &index_sample_of);
-  m.impl("_index_vec_width", &index_vec_width);
-  m.impl("_index_aligned", &index_aligned);
-  m.impl("_index_vec_plan", &index_vec_plan);
-  m.impl("_index_grid_blocks", &index_grid_blocks);
-  m.impl("_index_cursor_walk", &index_cursor_walk);
-  m.impl("_index_emulate", &index_emulate);
+TORCH_LIBRARY_IMPL(sdkernels_testing, CompositeExplicitAutograd, m) {
+  m.impl("index_emulate_ch", &index_emulate_ch);
+  m.impl("index_ls_cols", &index_ls_cols);
+  m.impl("index_sample_of", &index_sample_of);
+  m.impl("index_vec_width", &index_vec_width);
+  m.impl("index_aligned", &index_aligned);
+  m.impl("index_vec_plan", &index_vec_plan);
+  m.impl("index_grid_blocks", &index_grid_blocks);
+  m.impl("index_cursor_walk", &index_cursor_walk);
+  m.impl("index_emulate", &index_emulate);
 }
 
 }  // namespace sdkernels
