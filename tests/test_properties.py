@@ -72,22 +72,8 @@ def test_strategies_reach_the_layouts():
     assert len({tuple(r.tolist()) for r in s}) == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "spec mismatch: with an fp64 weight, bias or out_dtype and fp32 residual and branch, the kernels compute "
-    "x in fp64 and round once (as drop_path_add_norm's docstring says), sdkernels.reference.add_norm computes "
-    "x = scaled_residual_add(residual, branch) in fp32: x differs in the last bit"))
+
+@pytest.mark.xfail(strict=True, reason=C.FP64_PARAMETERS_X)
 @pytest.mark.parametrize("param", ["weight", "bias", "out_dtype"])
 def test_add_norm_x_with_fp64_parameters(param):
-    """The minimal case hypothesis found (6x6 fp32, p = 0.25, fp64 weight): x is the reference's x bit for bit."""
-    g = torch.Generator().manual_seed(0)
-    r, b = (torch.randn(6, 6, generator=g) for _ in range(2))
-    kw = {"weight": torch.ones(6, dtype=torch.float64)} if param == "weight" else {"weight": None}
-    if param == "bias":
-        kw["bias"] = torch.zeros(6, dtype=torch.float64)
-    if param == "out_dtype":
-        kw["out_dtype"] = torch.float64
-    p = 0.25
-    x, _ = sdkernels.drop_path_add_norm(r, b, p, generator=torch.Generator().manual_seed(3), backend=BACKEND, **kw)
-    ex, _ = sdkernels.reference.drop_path_add_norm(r, b, p, generator=torch.Generator().manual_seed(3), **kw)
-    assert x.dtype == ex.dtype == torch.float32
-    assert torch.equal(x, ex)
+    C.check_add_norm_x_with_fp64_parameters(param, BACKEND)
