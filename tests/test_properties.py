@@ -13,47 +13,12 @@ import torch
 
 pytest.importorskip("hypothesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-
 import sdkernels  # noqa: E402
 import _property_cases as C  # noqa: E402
 
 pytestmark = pytest.mark.skipif("cpu" not in sdkernels.available_backends(), reason="the C++ CPU backend is not built")
 
-BACKEND = "cpu"
-MAX_NUMEL = 1024
-EXAMPLES = settings(max_examples=100, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
-
-
-@EXAMPLES
-@given(case=C.drop_path_cases(MAX_NUMEL, layer_scale=False))
-def test_drop_path_add(case):
-    C.check_drop_path_add(case, BACKEND)
-
-
-@EXAMPLES
-@given(case=C.drop_path_cases(MAX_NUMEL, layer_scale=True))
-def test_drop_path_add_layer_scale(case):
-    C.check_drop_path_add(case, BACKEND)
-
-
-@EXAMPLES
-@given(case=C.drop_path_cases(MAX_NUMEL))
-def test_drop_path(case):
-    C.check_drop_path(case, BACKEND)
-
-
-@EXAMPLES
-@given(case=C.add_norm_cases(MAX_NUMEL))
-def test_drop_path_add_norm(case):
-    C.check_drop_path_add_norm(case, BACKEND)
-
-
-@EXAMPLES
-@given(case=C.residual_cases(MAX_NUMEL))
-def test_drop_path_residual(case):
-    C.check_drop_path_residual(case, BACKEND)
+globals().update(C.property_tests("cpu", max_numel=1024, max_examples=100))
 
 
 def test_strategies_reach_the_layouts():
