@@ -364,7 +364,7 @@ class Branch(torch.nn.Module):
         return y if self.out_dtype is None else y.to(self.out_dtype)
 
 
-def _kept_from_call(x, z, dim):
+def kept_from_call(x, z, dim):
     """Indices of x's samples that fn received, in call order (exact row match)."""
     xs = x.detach().movedim(dim, 0).flatten(1)
     zs = z.movedim(dim, 0).flatten(1)
@@ -422,7 +422,7 @@ def test_matches_masked_full_computation(block_backend, xdt, odt, sample_dim, co
                 assert fn.calls[0].shape[sample_dim] > 0
             if p == 0.0:
                 assert len(fn.calls) == 1 and torch.equal(fn.calls[0], x.detach())
-            kept = _kept_from_call(x, fn.calls[0], sample_dim) if fn.calls else []
+            kept = kept_from_call(x, fn.calls[0], sample_dim) if fn.calls else []
             k = len(kept)
             assert len(set(kept)) == k
             if count == "fixed":
@@ -596,7 +596,7 @@ def test_real_module_gradients_match_masked_full():
     seen = []
     fn = lambda z: (seen.append(z.detach().clone()), mlp(z))[1]  # noqa: E731
     out = sdkernels.drop_path_residual(x, fn, 0.4, sample_dim=1)
-    kept = _kept_from_call(x, seen[0], 1)
+    kept = kept_from_call(x, seen[0], 1)
     mask = torch.zeros(12, dtype=torch.float32)
     mask[kept] = 1
     x2 = x.detach().clone().requires_grad_()
