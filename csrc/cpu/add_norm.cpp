@@ -131,11 +131,21 @@ SDK_ALWAYS_INLINE void norm_row_typed(Hh* __restrict h, const A* __restrict xa, 
 
 // ---- row sums: kLanes independent accumulators, folded in a fixed order ------
 
+// The lanes are folded in halves (lane j += lane j + w for w = 8, 4, 2, 1), written out so that the
+// lanes stay in registers: a loop over w indexes them at run time, which puts them on the stack.
+// Every loop over the lanes has constant bounds for the same reason (a row's tail runs the 16 lanes
+// with the missing elements taken as +0, which leaves a lane's sum unchanged: a lane sum starts at +0
+// and never becomes -0).
+static_assert(kLanes == 16, "fold() is written for 16 lanes");
 template <typename A>
-SDK_ALWAYS_INLINE A fold(A (&acc)[kLanes]) {
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  return acc[0];
+SDK_ALWAYS_INLINE A fold(const A (&acc)[kLanes]) {
+  A a[8], b[4];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) a[j] = acc[j] + acc[j + 8];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) b[j] = a[j] + a[j + 4];
+  const A c0 = b[0] + b[2], c1 = b[1] + b[3];
+  return c0 + c1;
 }
 
 // sum(v)
@@ -145,7 +155,8 @@ SDK_ALWAYS_INLINE A row_sum(const A* __restrict v, int64_t len) {
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
     for (int j = 0; j < kLanes; ++j) acc[j] += v[k + j];
-  for (int j = 0; k + j < len; ++j) acc[j] += v[k + j];
+#pragma GCC unroll 16
+  for (int j = 0; j < kLanes; ++j) acc[j] += k + j < len ? v[k + j] : A(0);
   return fold(acc);
 }
 
@@ -159,8 +170,9 @@ SDK_ALWAYS_INLINE A row_sq_dev(const A* __restrict v, A c, int64_t len) {
       const A d = v[k + j] - c;
       acc[j] += d * d;
     }
-  for (int j = 0; k + j < len; ++j) {
-    const A d = v[k + j] - c;
+#pragma GCC unroll 16
+  for (int j = 0; j < kLanes; ++j) {
+    const A d = k + j < len ? v[k + j] - c : A(0);
     acc[j] += d * d;
   }
   return fold(acc);
@@ -176,9 +188,10 @@ SDK_ALWAYS_INLINE A load_sum_typed(const T* __restrict dst, A* __restrict src, i
       src[k + j] = to_acc<A>(dst[k + j]);
       acc[j] += src[k + j];
     }
-  for (int j = 0; k + j < len; ++j) {
-    src[k + j] = to_acc<A>(dst[k + j]);
-    acc[j] += src[k + j];
+#pragma GCC unroll 16
+  for (int j = 0; j < kLanes; ++j) {
+    if (k + j < len) src[k + j] = to_acc<A>(dst[k + j]);
+    acc[j] += k + j < len ? src[k + j] : A(0);
   }
   return fold(acc);
 }
@@ -356,7 +369,9 @@ SDK_ALWAYS_INLINE void bwd_pass_a(A* __restrict xh, A* __restrict g, const A* __
       l1[j] += dy * xv;
       l2[j] += dy;
     }
-  for (int j = 0; k + j < len; ++j) {
+#pragma GCC unroll 16
+  for (int j = 0; j < kLanes; ++j) {
+    if (k + j >= len) continue;
     const A xv = (xh[k + j] - mean) * rstd;
     const A gv = g[k + j];
     xh[k + j] = xv;
