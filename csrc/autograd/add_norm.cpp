@@ -9,7 +9,10 @@
 // formula of sdkernels.reference.add_norm_backward (which the Triton twin calls
 // from Python), here in C++ to keep Python off the C++ ops' path.
 // add_norm_backward itself is not differentiable.
+#include <ATen/FuncTorchTLS.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include "autograd/common.h"
 
@@ -17,6 +20,7 @@ namespace sdkernels {
 namespace {
 
 using namespace ::sdkernels::autograd;
+using torch::autograd::SavedVariable;
 
 using AddNormOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using AddNormGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -94,95 +98,113 @@ variable_list add_norm_grads_composite(const at::Tensor& gx, const at::Tensor& g
   return {dx, dxm, (g * xhat).reshape({-1, H}).sum(0), g.reshape({-1, H}).sum(0)};
 }
 
-class AddNormFn : public torch::autograd::Function<AddNormFn> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& residual, const at::Tensor& branch,
-                               const at::Tensor& scale, const std::optional<at::Tensor>& weight,
-                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gamma,
-                               int64_t sample_dim, double alpha, double eps, bool rms,
-                               std::optional<at::ScalarType> out_dtype) {
-    // x and h: an unused one's gradient stays undefined (the backward handles that) rather than being
-    // materialised as zeros, which the engine would make a plain tensor even for a DTensor.
-    ctx->set_materialize_grads(false);
-    at::Tensor x, h, mean, rstd;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(x, h, mean, rstd) =
-          call_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype);
-    }
-    ctx->mark_non_differentiable({mean, rstd});
-    const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-    const at::Tensor g = gamma.value_or(at::Tensor());
-    const bool gamma_grad = g.defined() && g.requires_grad();
-    ctx->save_for_backward({x, mean, rstd, scale, w, b, g, gamma_grad ? branch : at::Tensor()});
-    // An absent optional tensor has no input edge: needs_input_grad's index of each parameter.
-    const int64_t iw = 3, ib = iw + (w.defined() ? 1 : 0), ig = ib + (b.defined() ? 1 : 0);
-    ctx->saved_data["edges"] = std::vector<int64_t>{iw, ib, ig};
-    ctx->saved_data["dim"] = sample_dim < 0 ? sample_dim + residual.dim() : sample_dim;
-    ctx->saved_data["alpha"] = alpha;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["rms"] = rms;
-    ctx->saved_data["r_dtype"] = static_cast<int64_t>(residual.scalar_type());
-    ctx->saved_data["b_dtype"] = static_cast<int64_t>(branch.scalar_type());
-    return {x, h, mean, rstd};
+// The backward node, written as PyTorch's own generated nodes are (a Node with SavedVariable members)
+// rather than a torch::autograd::Function: no context object, no string-keyed saved_data, no output
+// wrapping, which saves host time on every call.  Its next edges are the six tensor inputs in order
+// (residual, branch, scale, weight, bias, gamma; an absent one has an invalid edge), its inputs the
+// gradients of x and h.  An unused output's gradient arrives undefined (never materialised as zeros,
+// which the engine would make a plain tensor even for a DTensor).
+struct AddNormBackward : public torch::autograd::Node {
+  enum Edge : size_t { kResidual = 0, kBranch, kScale, kWeight, kBias, kGamma, kEdges };
+
+  std::string name() const override { return "AddNormBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    mean_.reset_data();
+    rstd_.reset_data();
+    scale_.reset_data();
+    weight_.reset_data();
+    bias_.reset_data();
+    gamma_.reset_data();
+    branch_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &mean = saved[1], &rstd = saved[2], &scale = saved[3];
-    const at::Tensor &weight = saved[4], &bias = saved[5], &gamma = saved[6], &branch = saved[7];
-    const int64_t dim = ctx->saved_data["dim"].toInt();
-    const double alpha = ctx->saved_data["alpha"].toDouble();
-    const bool rms = ctx->saved_data["rms"].toBool();
-    const auto rdt = static_cast<at::ScalarType>(ctx->saved_data["r_dtype"].toInt());
-    const auto bdt = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
-    variable_list out(11);
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor x = x_.unpack(getptr()), mean = mean_.unpack(), rstd = rstd_.unpack();
+    const at::Tensor scale = scale_.unpack(), weight = weight_.unpack(), bias = bias_.unpack();
+    const at::Tensor gamma = gamma_.unpack(), branch = branch_.unpack();
+    variable_list out(kEdges);
     at::Tensor gx = grads[0], gh = grads[1];
     if (!gx.defined() && !gh.defined()) return out;
     if (!gh.defined()) gh = at::zeros_like(x);  // h unused: its norm term vanishes
-    const auto edges = ctx->saved_data["edges"].toIntVector();
-    const bool want_w = weight.defined() && ctx->needs_input_grad(edges[0]);
-    const bool want_b = bias.defined() && ctx->needs_input_grad(edges[1]);
-    const bool want_g = branch.defined() && ctx->needs_input_grad(edges[2]);
+    const bool want_r = task_should_compute_output(kResidual);
+    const bool want_br = task_should_compute_output(kBranch);
+    const bool want_w = weight.defined() && task_should_compute_output(kWeight);
+    const bool want_b = bias.defined() && task_should_compute_output(kBias);
+    const bool want_g = branch.defined() && task_should_compute_output(kGamma);
     if (at::GradMode::is_enabled()) {  // create_graph: differentiable ATen ops
-      const variable_list c = add_norm_grads_composite(gx, gh, x, scale, weight, dim, alpha,
-                                                       ctx->saved_data["eps"].toDouble(), rms, rstd.scalar_type());
+      const variable_list c =
+          add_norm_grads_composite(gx, gh, x, scale, weight, dim, alpha, eps, rms, rstd.scalar_type());
       const int64_t H = x.size(-1);
-      if (ctx->needs_input_grad(0)) out[0] = c[0].to(rdt);
-      if (ctx->needs_input_grad(1)) out[1] = (gamma.defined() ? c[1] * gamma.to(c[1].scalar_type()) : c[1]).to(bdt);
-      if (want_w) out[3] = c[2].to(weight.scalar_type());
-      if (want_b) out[4] = c[3].to(bias.scalar_type());
+      if (want_r) out[kResidual] = c[0].to(r_dtype);
+      if (want_br) out[kBranch] = (gamma.defined() ? c[1] * gamma.to(c[1].scalar_type()) : c[1]).to(b_dtype);
+      if (want_w) out[kWeight] = c[2].to(weight.scalar_type());
+      if (want_b) out[kBias] = c[3].to(bias.scalar_type());
       if (want_g) {
         const at::Tensor bk = at::where(sample_view(scale, x, dim, c[1].scalar_type()) != 0,
                                         branch.to(c[1].scalar_type()), at::zeros({}, c[1].options()));
-        out[5] = (c[1] * bk).reshape({-1, H}).sum(0).to(gamma.scalar_type());
+        out[kGamma] = (c[1] * bk).reshape({-1, H}).sum(0).to(gamma.scalar_type());
       }
       return out;
     }
     auto [g_res, g_branch, g_w, g_b, g_g] = call_add_norm_backward(
         opt(gx), gh, x, mean, rstd, scale, opt(weight), opt(gamma), want_g ? opt(branch) : std::nullopt, dim, alpha,
-        rms, rdt, bdt, want_w ? std::optional<at::ScalarType>(weight.scalar_type()) : std::nullopt,
+        rms, r_dtype, b_dtype, want_w ? std::optional<at::ScalarType>(weight.scalar_type()) : std::nullopt,
         want_b ? std::optional<at::ScalarType>(bias.scalar_type()) : std::nullopt);
-    if (ctx->needs_input_grad(0)) out[0] = g_res;
-    if (ctx->needs_input_grad(1)) out[1] = g_branch;
-    if (want_w) out[3] = g_w;
-    if (want_b) out[4] = g_b;
-    if (want_g) out[5] = g_g;
+    if (want_r) out[kResidual] = std::move(g_res);
+    if (want_br) out[kBranch] = std::move(g_branch);
+    if (want_w) out[kWeight] = std::move(g_w);
+    if (want_b) out[kBias] = std::move(g_b);
+    if (want_g) out[kGamma] = std::move(g_g);
     return out;
   }
+
+  // x is the node's own output (saved without a reference to the node); branch only when gamma needs
+  // its gradient (eager LayerScale keeps it alive for that too).
+  SavedVariable x_, mean_, rstd_, scale_, weight_, bias_, gamma_, branch_;
+  int64_t dim = 0;
+  double alpha = 1.0, eps = 0.0;
+  bool rms = false;
+  at::ScalarType r_dtype = at::kFloat, b_dtype = at::kFloat;
 };
 
 AddNormOut add_norm_autograd(const at::Tensor& residual, const at::Tensor& branch, const at::Tensor& scale,
                              const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& gamma, int64_t sample_dim, double alpha, double eps,
                              bool rms, std::optional<at::ScalarType> out_dtype) {
-  if (!any_needs_graph(residual, branch, weight, bias, gamma)) {
+  at::Tensor x, h, mean, rstd;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype);
+    std::tie(x, h, mean, rstd) =
+        call_add_norm(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype);
   }
-  const variable_list o =
-      AddNormFn::apply(residual, branch, scale, weight, bias, gamma, sample_dim, alpha, eps, rms, out_dtype);
-  return {o[0], o[1], o[2], o[3]};
+  if (!any_needs_graph(residual, branch, weight, bias, gamma)) return {x, h, mean, rstd};
+  if (auto* functorch_tls = at::functorch::functorchTLSAccessor().get()) {
+    functorch_tls->checkSupportsCppAutogradFunction();  // as a C++ autograd Function would
+  }
+  auto node = c10::make_intrusive<AddNormBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(residual, branch, scale, weight, bias, gamma));
+  torch::autograd::set_history(x, node);
+  torch::autograd::set_history(h, node);
+  const at::Tensor g = gamma.value_or(at::Tensor());
+  node->x_ = SavedVariable(x, /*is_output=*/true);
+  node->mean_ = SavedVariable(mean, false);
+  node->rstd_ = SavedVariable(rstd, false);
+  node->scale_ = SavedVariable(scale, false);
+  node->weight_ = SavedVariable(weight.value_or(at::Tensor()), false);
+  node->bias_ = SavedVariable(bias.value_or(at::Tensor()), false);
+  node->gamma_ = SavedVariable(g, false);
+  node->branch_ = SavedVariable(g.defined() && g.requires_grad() ? branch : at::Tensor(), false);
+  node->dim = sample_dim < 0 ? sample_dim + residual.dim() : sample_dim;
+  node->alpha = alpha;
+  node->eps = eps;
+  node->rms = rms;
+  node->r_dtype = residual.scalar_type();
+  node->b_dtype = branch.scalar_type();
+  return {x, h, mean, rstd};
 }
 
 }  // namespace
