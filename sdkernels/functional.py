@@ -38,6 +38,10 @@ if has_kernel("drop_path_add_draw", "CompositeImplicitAutograd"):
     _CPP_ADD = torch.ops.sdkernels.scaled_residual_add.default
     _CPP_SCALE = torch.ops.sdkernels.sample_scale.default
     _CPP_ADD_LS = torch.ops.sdkernels.scaled_residual_add_ls.default
+_ADD_NORM_DRAW = _CPP_ADD_NORM = None
+if has_kernel("drop_path_add_norm_draw", "CompositeImplicitAutograd"):
+    _ADD_NORM_DRAW = torch.ops.sdkernels.drop_path_add_norm_draw.default
+    _CPP_ADD_NORM = torch.ops.sdkernels.add_norm.default
 #: (on CPU, on CUDA): whether "auto" picks those C++ ops there (kept current by the tables' on_change), so
 #: the fast paths may call them.  Sizes aside: TRITON_MIN_NUMEL, when finite, is not applied to them (it
 #: only chooses the faster of two exact backends).
@@ -384,10 +388,14 @@ def drop_path_add_norm(
             and (sample_dim >= 0 or sample_dim % residual.dim() != residual.dim() - 1)):
         # Fast path (the full path's checks inline; anything else takes the full path, which names the
         # argument), drawing and applying as below.
+        be = ADD_NORM.auto(residual.device.type, residual.numel())
+        if (_CPP_ADD_NORM is not None and be.ops["add_norm"] is _CPP_ADD_NORM and rng.DATA_PARALLEL is None
+                and not _is_compiling()):  # the C++ op: one call draws and applies (csrc/composite/draw.cpp)
+            return _ADD_NORM_DRAW(residual, branch, p, weight, bias, sample_dim, mode == "batch", scale_by_keep, eps,
+                                  norm == "rms")
         dim = sample_dim % residual.dim()
         ddt, acc = drop_dtypes(residual.dtype, branch.dtype)
         keep = rng.draw(branch, dim, p, mode, None, ddt)
-        be = ADD_NORM.auto(residual.device.type, residual.numel())
         out = be.ops["add_norm"](residual, branch, keep, weight, bias, None, dim, keep_scale(p, scale_by_keep, acc),
                                  eps, norm == "rms", None)
         return out[0], out[1]

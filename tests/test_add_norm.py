@@ -607,3 +607,32 @@ def test_reference_backend_is_the_spec():
     ex, eh = _ref("cpu", r, b, 0.5, w, bias)
     assert torch.equal(x, ex) and torch.equal(h, eh)
     assert math.isclose(float(F.layer_norm(x, (20,), w, bias, 1e-5).sum()), float(h.sum()), rel_tol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_EXT, reason="needs the compiled extension")
+@pytest.mark.parametrize("rdt,bdt", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                     (torch.float64, torch.float64)])
+@pytest.mark.parametrize("mode,sample_dim", [("row", 0), ("row", -2), ("batch", 0)])
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_fast_draw_entry_matches_the_full_path(rdt, bdt, mode, sample_dim, norm):
+    """The eager fast path (one C++ call that draws and applies) is the full path bit for bit: same draws
+    under one seed, same x, h and gradients."""
+    torch.manual_seed(3)
+    r = torch.randn(6, 5, 32, dtype=rdt, requires_grad=True)
+    b = torch.randn(6, 5, 32, dtype=bdt, requires_grad=True)
+    w = torch.randn(32, requires_grad=True)
+    bias = torch.randn(32, requires_grad=True) if norm == "layer" else None
+    gx, gh = torch.randn(6, 5, 32, dtype=rdt), torch.randn(6, 5, 32, dtype=rdt)
+    outs = []
+    for backend in ("auto", "cpu"):  # "auto": the fast entry; "cpu": the full path with the same op
+        torch.manual_seed(7)
+        with torch.autograd.profiler.profile() as prof:
+            x, h = sdkernels.drop_path_add_norm(r, b, 0.4, w, bias, 1e-5, norm=norm, mode=mode,
+                                                sample_dim=sample_dim, backend=backend)
+        entry = any(e.name == "sdkernels::drop_path_add_norm_draw" for e in prof.function_events)
+        assert entry == (backend == "auto")
+        params = [t for t in (r, b, w, bias) if t is not None]
+        outs.append((x, h) + torch.autograd.grad((x, h), params, (gx, gh.to(h.dtype))))
+        outs[-1] += (torch.rand(1),)  # the generator's state after the call
+    for a, c in zip(*outs):
+        assert torch.equal(a, c)

@@ -7,16 +7,21 @@
 //   (the mask drawn as for branch * gamma, the math dtype of all three)
 // drop_path_draw(x, p, sample_dim, batch, scale_by_keep)
 //   = sample_scale(x, keep, sample_dim, alpha)
+// drop_path_add_norm_draw(residual, branch, p, weight, bias, sample_dim, batch, scale_by_keep, eps, rms)
+//   = add_norm(residual, branch, keep, weight, bias, None, sample_dim, alpha, eps, rms)[:2]  (x, h)
 // with keep = empty(n, float32 | float64 for a float64 branch).bernoulli_(1 - p) on the tensors'
 // device, n = the sample count (1 when batch): the draw of sdkernels.rng.draw, from the default
 // generator; alpha = sdkernels.dtypes.keep_scale(p, scale_by_keep, math dtype).  Registered as
 // CompositeImplicitAutograd: autograd, torch.compile and every tensor subclass see the two ops it is
 // made of.  Every argument is checked before the draw, so a bad call
 // consumes no random numbers (the Python caller then takes its full path, which names the argument).
-// Schemas: csrc/ops/core.cpp and csrc/ops/layer_scale.cpp.
+// Schemas: csrc/ops/core.cpp, csrc/ops/layer_scale.cpp and csrc/ops/add_norm.cpp.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
 
 namespace sdkernels {
 namespace {
@@ -99,9 +104,40 @@ at::Tensor drop_path_draw(const at::Tensor& x, double p, int64_t sample_dim, boo
                  std::nullopt);
 }
 
+std::tuple<at::Tensor, at::Tensor> drop_path_add_norm_draw(const at::Tensor& residual, const at::Tensor& branch,
+                                                           double p, const std::optional<at::Tensor>& weight,
+                                                           const std::optional<at::Tensor>& bias, int64_t sample_dim,
+                                                           bool batch, bool scale_by_keep, double eps, bool rms) {
+  const int64_t dim = checked_dim(residual, sample_dim, p);
+  const int64_t nd = residual.dim();
+  TORCH_CHECK(nd >= 2 && dim != nd - 1, "sdkernels: sample_dim must not be the normalized last dim");
+  TORCH_CHECK(is_float(branch.scalar_type()) && residual.sizes() == branch.sizes() &&
+                  residual.device() == branch.device(),
+              "sdkernels: residual and branch must be floating-point tensors of one shape on one device");
+  for (const auto* t : {&weight, &bias}) {
+    TORCH_CHECK(!t->has_value() || !(*t)->defined() ||
+                    (is_float((*t)->scalar_type()) && (*t)->dim() == 1 && (*t)->size(0) == residual.size(-1) &&
+                     (*t)->device() == residual.device()),
+                "sdkernels: weight and bias must be 1-D float tensors of the normalized dim's size, on the "
+                "inputs' device");
+  }
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "sdkernels: eps must be a finite number >= 0");
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sdkernels::add_norm", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                           const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, double,
+                           double, bool, std::optional<at::ScalarType>)>();
+  const bool acc64 = residual.scalar_type() == at::kDouble || branch.scalar_type() == at::kDouble;
+  auto out = op.call(residual, branch, draw_keep(branch, dim, p, batch), weight, bias, std::nullopt, dim,
+                     keep_scale(p, scale_by_keep, acc64), eps, rms, std::nullopt);
+  return {std::get<0>(out), std::get<1>(out)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sdkernels, CompositeImplicitAutograd, m) {
+  m.impl("drop_path_add_norm_draw", &drop_path_add_norm_draw);
   m.impl("drop_path_add_draw", &drop_path_add_draw);
   m.impl("drop_path_add_ls_draw", &drop_path_add_ls_draw);
   m.impl("drop_path_draw", &drop_path_draw);

@@ -17,6 +17,11 @@ TORCH_LIBRARY_FRAGMENT(sdkernels, m) {
       "add_norm(Tensor residual, Tensor branch, Tensor scale, Tensor? weight, Tensor? bias, "
       "Tensor? gamma, int sample_dim, float alpha, float eps, bool rms, ScalarType? out_dtype=None) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The eager fast path of drop_path_add_norm (csrc/composite/draw.cpp): the keep mask drawn as
+  // drop_path_add_draw draws it, then add_norm without gamma; returns (x, h).
+  m.def(
+      "drop_path_add_norm_draw(Tensor residual, Tensor branch, float p, Tensor? weight, Tensor? bias, "
+      "int sample_dim, bool batch, bool scale_by_keep, float eps, bool rms) -> (Tensor, Tensor)");
   // The backward: dx = d norm(x)/dx . grad_h + grad_x (grad_x optional) in the
   // math dtype; returns (grad_residual = dx, grad_branch = (dx * m[s]) * gamma
   // (zeros for dropped samples, grad_h and grad_x of their rows still read),
