@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <c10/util/SmallVector.h>
 
 #include <algorithm>
 #include <numeric>
@@ -38,6 +39,41 @@ inline at::Tensor samples_like(const at::Tensor& like, int64_t dim, int64_t k,
     inv[perm[i]] = i;
   }
   return at::empty(psizes, opts).permute(inv);
+}
+
+// samples_like's sizes and strides, without allocating: the sizes of `like` with k along `dim`, dense
+// in `like`'s dim order (contiguous strides of the sorted sizes, each dim's stride the product of the
+// sizes after it in that order, a size 0 counted as 1, as at::empty lays them out).
+struct SamplesGeometry {
+  c10::SmallVector<int64_t, 6> sizes, strides;
+};
+inline SamplesGeometry samples_like_geometry(const at::Tensor& like, int64_t dim, int64_t k) {
+  const int64_t nd = like.dim();
+  c10::SmallVector<int64_t, 6> perm(nd);
+  std::iota(perm.begin(), perm.end(), 0);
+  const auto st = like.strides();
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return st[a] > st[b]; });
+  SamplesGeometry G;
+  G.sizes.resize(nd);
+  G.strides.resize(nd);
+  int64_t stride = 1;
+  for (int64_t i = nd - 1; i >= 0; --i) {
+    const int64_t d = perm[i];
+    const int64_t size = d == dim ? k : like.size(d);
+    G.sizes[d] = size;
+    G.strides[d] = stride;
+    stride *= std::max<int64_t>(size, 1);
+  }
+  return G;
+}
+
+// Whether t addresses memory as a tensor of geometry G (same_layout's rule).
+inline bool has_geometry(const at::Tensor& t, const SamplesGeometry& G) {
+  if (t.sizes() != at::IntArrayRef(G.sizes)) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (G.sizes[d] != 1 && t.stride(d) != G.strides[d]) return false;
+  }
+  return true;
 }
 
 // index: int64, 1-D, on `device` (values are checked by each backend).

@@ -222,7 +222,10 @@ at::Tensor scaled_index_add_cpu(const at::Tensor& residual, const at::Tensor& sr
   if (out.numel() == 0) return out;
   const at::Tensor r = match_strides(residual, out);
   at::Tensor s = src;
-  if (k > 0) s = match_strides(src, skip::samples_like(out, dim, k, src.options()));
+  if (k > 0) {  // src in samples_like(out)'s layout: itself when it already is (no allocation to compare)
+    const skip::SamplesGeometry G = skip::samples_like_geometry(out, dim, k);
+    if (!skip::has_geometry(src, G)) s = at::empty_strided(G.sizes, G.strides, src.options()).copy_(src);
+  }
   const SampleLayout L = plan_layout(out, dim);
   SDK_SIA_DISPATCH(r.scalar_type(), "scaled_index_add_cpu", [&] {
     using R = scalar_t;
@@ -241,8 +244,10 @@ at::Tensor index_scale_cpu(const at::Tensor& grad, const at::Tensor& index, int6
   const int64_t n = grad.size(dim);
   inverse_index(index, n);  // validates: in range and unique
   const int64_t k = index.numel();
-  const at::Tensor base = at::empty_like(grad);
-  at::Tensor out = skip::samples_like(base, dim, k, grad.options().dtype(out_dtype));
+  // base: grad's layout when dense (empty_like would give it the same strides), else empty_like's.
+  const at::Tensor base = grad.is_non_overlapping_and_dense() ? grad : at::empty_like(grad);
+  const skip::SamplesGeometry G = skip::samples_like_geometry(base, dim, k);
+  at::Tensor out = at::empty_strided(G.sizes, G.strides, grad.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   const at::Tensor g = match_strides(grad, base);
   // out is [outer, k, inner] with base's inner (n == 1: k == 1, one row each).
