@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         import importlib.util
 
         if importlib.util.find_spec(__package__ + ".blocks") is None:
-            ap.error("--suite blocks: benchmarks/blocks.py (the skip-path block suite, issue 5) is not there yet; "
+            ap.error("--suite blocks: benchmarks/blocks.py (the skip-path block suite) is not there yet; "
                      f"valid suites now: {', '.join(s for s in S.SUITES if s != 'blocks')}")
         blocks_mod = importlib.import_module(__package__ + ".blocks")
         if not hasattr(blocks_mod, "run_block_suite"):

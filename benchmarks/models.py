@@ -1,4 +1,4 @@
-"""The models suite (issue 12): real timm models' training steps, eager against ``sdkernels.convert``.
+"""The models suite: real timm models' training steps, eager against ``sdkernels.convert``.
 
 A step is forward, cross-entropy on random labels, backward and an SGD step, on random images.
 Providers, each on its own deep copy of one randomly initialised model (same weights), steps
