@@ -14,6 +14,7 @@
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
 #   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers
+#   5a. host  python -m benchmarks.host: per-call host cost of every public path against eager (cap 45)
 #   5b. models python -m benchmarks.models: ViT-B/16 training steps, eager vs sdkernels.convert (cap 60)
 #   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
 #   7. bench   python -m benchmarks: the add + norm ops (add_layernorm, add_rmsnorm at p = 0.1
@@ -192,6 +193,20 @@ else
     record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)(  \[|$)' "$DEST/.blocks_table") skip rows: $(grep -c -E ' ok(  \[|$)' "$DEST/.blocks_table") meet the goal"
 fi
 
+# ---- 5a. host suite: per-call host cost of every public path against eager (launch-bound size) ----------
+if [ "$DRY" = 1 ]; then
+    HOST=("$PY" -m benchmarks.host --device cpu --rounds 1 --cases drop_path_add,nn.DropPathAdd)
+else
+    HOST=("$PY" -m benchmarks.host --device cuda --rounds 5)
+fi
+if [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record host SKIP "sdkernels does not import"
+else
+    run_step host "${GPU_HOST_CAP:-45}" 115 "${HOST[@]}"
+    grep -E " (ok|MISS)$" "$STEP_OUT" > "$DEST/.host_table" 2>/dev/null
+    record host "$(rc_status $STEP_RC)" "$(grep -c . "$DEST/.host_table") rows: $(grep -c -E ' ok$' "$DEST/.host_table") meet the goal"
+fi
+
 # ---- 5b. models suite: ViT-B/16 training steps, eager vs sdkernels.convert ------------
 if [ "$DRY" = 1 ]; then
     MOD=("$PY" -m benchmarks.models --device cpu --models vit_tiny_patch16_224 --rates 0.4 --batch 2 --repeats 1
@@ -288,6 +303,11 @@ FAILED=0
         echo
         echo "models suite (time / eager; goals at rate 0.4: convert 0.98, convert-skip 0.85):"
         cat "$DEST/.models_table"
+    fi
+    if [ -s "$DEST/.host_table" ]; then
+        echo
+        echo "host suite (us per call, eager vs sdkernels; goals: fwd <= 0.67, fwd+bwd <= 0.87, block <= 1.0):"
+        cat "$DEST/.host_table"
     fi
     if [ -s "$DEST/.blocks_table" ]; then
         echo
