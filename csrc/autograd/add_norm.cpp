@@ -159,10 +159,12 @@ class AddNormFn : public torch::autograd::Function<AddNormFn> {
       }
       return out;
     }
-    auto [g_res, g_branch, g_w, g_b, g_g] = call_add_norm_backward(
-        opt(gx), gh, x, mean, rstd, scale, opt(weight), opt(gamma), want_g ? opt(branch) : std::nullopt, dim, alpha,
-        rms, rdt, bdt, want_w ? std::optional<at::ScalarType>(weight.scalar_type()) : std::nullopt,
-        want_b ? std::optional<at::ScalarType>(bias.scalar_type()) : std::nullopt);
+    auto [g_res, g_branch, g_w, g_b, g_g] = call_in_backward([&] {
+      return call_add_norm_backward(
+          opt(gx), gh, x, mean, rstd, scale, opt(weight), opt(gamma), want_g ? opt(branch) : std::nullopt, dim, alpha,
+          rms, rdt, bdt, want_w ? std::optional<at::ScalarType>(weight.scalar_type()) : std::nullopt,
+          want_b ? std::optional<at::ScalarType>(bias.scalar_type()) : std::nullopt);
+    });
     if (ctx->needs_input_grad(0)) out[0] = g_res;
     if (ctx->needs_input_grad(1)) out[1] = g_branch;
     if (want_w) out[3] = g_w;
