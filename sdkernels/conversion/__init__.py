@@ -76,6 +76,7 @@ class PatchedForward:
     def __init__(self, block: nn.Module, pattern: Pattern, settings: Settings, skip_reason: Optional[str]):
         self.block = block
         self.pattern_cls = pattern.cls
+        self.drop_paths = pattern.drop_paths
         self.fn = pattern.forward
         self.settings = settings
         self.skip_reason = skip_reason
@@ -105,7 +106,7 @@ def _swapped_original(m: nn.Module):
 
 def _swap_in(m: nn.Module, backend: str) -> nn.Module:
     """The sdkernels module standing for drop-path module ``m`` (timm's or torchvision's)."""
-    if isinstance(m, core._tv_stochastic_depth_types()):
+    if isinstance(m, core.tv_stochastic_depth_types()):
         new = sdk_nn.StochasticDepth(m.p, m.mode, backend=backend)
     else:
         new = sdk_nn.DropPath(m.drop_prob, m.scale_by_keep, backend=backend)
@@ -281,7 +282,7 @@ def conversion_report(model: nn.Module, summary: bool = False):
         p = _p_of(m)
         f = _patched(holder) if holder is not None else None
         state = generic.state_of(holder) if holder is not None else None
-        if f is not None and attr in core._PATTERNS[f.pattern_cls].drop_paths:
+        if f is not None and attr in f.drop_paths:
             row = (core.qualname(type(holder)), "skip" if f.settings.skip else "fused", f.skip_reason or "")
         elif state is not None and attr in state.outcome:
             how, reason = state.outcome[attr]

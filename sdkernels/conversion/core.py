@@ -152,7 +152,7 @@ def _timm_drop_path_types() -> tuple:
     return _imported("timm", load)
 
 
-def _tv_stochastic_depth_types() -> tuple:
+def tv_stochastic_depth_types() -> tuple:
     def load():
         from torchvision.ops import StochasticDepth as TvStochasticDepth
         return TvStochasticDepth
@@ -162,7 +162,7 @@ def _tv_stochastic_depth_types() -> tuple:
 
 def foreign_drop_path_types() -> tuple:
     """The drop-path module classes of timm and torchvision installed here (the ones convert can swap)."""
-    return _timm_drop_path_types() + _tv_stochastic_depth_types()
+    return _timm_drop_path_types() + tv_stochastic_depth_types()
 
 
 _HF_KINDS: Dict[type, bool] = {}  # class -> its forward is Hugging Face's drop path (checked once per class)
@@ -202,7 +202,7 @@ def rate_of(m) -> Optional[Rate]:
     """The rate of a block's drop-path attribute: None for ``None`` / ``nn.Identity`` (timm at rate 0)."""
     if m is None or isinstance(m, nn.Identity):
         return None
-    if isinstance(m, (sdk_nn.StochasticDepth,) + _tv_stochastic_depth_types()):
+    if isinstance(m, (sdk_nn.StochasticDepth,) + tv_stochastic_depth_types()):
         return Rate(float(m.p), True, m.mode, m.training)
     if isinstance(m, (sdk_nn.DropPath,) + _timm_drop_path_types()):
         return Rate(float(m.drop_prob), bool(m.scale_by_keep), "row", m.training)

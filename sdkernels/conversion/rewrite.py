@@ -273,9 +273,9 @@ class Rewriter:
         name = self.dp_call(call)
         def_guards = frame.guards + (((guard.test, True),) if guard is not None else ())
 
-        def fail(reason):
-            self._handled[id(call)] = reason
-            self._guards[id(call)] = def_guards
+        def fail(reason):  # the first reason found stands (an inner statement list would see less)
+            self._handled.setdefault(id(call), reason)
+            self._guards.setdefault(id(call), def_guards)
             return None
 
         j = i + 1
@@ -294,8 +294,9 @@ class Rewriter:
         add, inplace = found
         rebinds = isinstance(use, ast.Return) and use_if is None or (
             isinstance(use, ast.AugAssign) or any(isinstance(t, ast.Name) and t.id == v for t in use.targets))
-        if not rebinds:
-            return fail(f"the drop path's output `{v}` is kept past its add: `{snippet(use)}`")
+        if not rebinds and (frame.in_loop or use_if is not None or any(
+                n.lineno > use.end_lineno for n in _loads(self.tree, v) if isinstance(n.ctx, ast.Load))):
+            return fail(f"the drop path's output `{v}` is read again after its add: `{snippet(use)}`")
         if use_if is not None and (not self.quiet(use_if.test) or isinstance(use, ast.Return)):
             return fail(f"may draw random numbers between drop path and add: `{snippet(use_if.test)}`")
         if not self.quiet(use.value):  # evaluated after the original's draw, before the fused one
