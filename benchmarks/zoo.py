@@ -38,7 +38,7 @@ RATE = 0.1
 COLUMNS = ("library", "architecture", "model", "sites", "fused", "module", "never", "eager", "fully_fused",
            "convert_s", "reasons", "note")
 _SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "mini", "small", "_s_", "b0", "t_", "18")
-QUICK = {"timm": ("cait", "efficientnet", "metaformers", "vision_transformer"), "torchvision": ("convnext",),
+QUICK = {"timm": ("cait", "efficientnet", "metaformer", "vision_transformer"), "torchvision": ("convnext",),
          "transformers": ("dinov2", "poolformer")}
 
 

@@ -84,12 +84,11 @@ def test_generic_family_is_exact(name, monkeypatch):
     calls = _Count(monkeypatch)
     orig.train()
     conv.train()
-    for seed in (1, 2):
-        out_o, g_o = _step(orig, x, seed)
-        out_c, g_c = _step(conv, x, seed)
-        assert torch.equal(out_c, out_o), (name, seed, (out_c - out_o).abs().max())
-        _grads_close(g_c, g_o, rtol=1e-5, atol=1e-6)
-    assert calls.n >= 2 * sum(1 for r in rows if r["how"] == "fused")  # the fused op ran at every fused site
+    out_o, g_o = _step(orig, x, 1)
+    out_c, g_c = _step(conv, x, 1)
+    assert torch.equal(out_c, out_o), (name, (out_c - out_o).abs().max())
+    _grads_close(g_c, g_o, rtol=1e-5, atol=1e-6)
+    assert calls.n >= sum(1 for r in rows if r["how"] == "fused")  # the fused op ran at every fused site
     orig.eval()
     conv.eval()
     with torch.no_grad():
