@@ -7,13 +7,13 @@ deepcopy, pickle, torch.compile(fullgraph=True) and activation checkpointing of 
 """
 import copy
 import functools
-import io
 
 import pytest
 import torch
 from torch import nn
 
 import sdkernels
+from _convert_steps import assert_grads_close, assert_same_forward, pickled, train_step
 from sdkernels.conversion import generic
 
 timm = pytest.importorskip("timm")
@@ -39,20 +39,6 @@ def _build(name, rate=0.4):
     arch, kw, size = MODELS[name]
     model = timm.create_model(arch, pretrained=False, drop_path_rate=rate, num_classes=5, **kw)
     return model, torch.randn(4, 3, size, size)
-
-
-def _step(model, x, seed):
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    out = model(x)
-    out.square().mean().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _grads_close(got, expect, **tol):
-    assert got.keys() == expect.keys()
-    for n in expect:
-        torch.testing.assert_close(got[n], expect[n], msg=n, **tol)
 
 
 class _Count:
@@ -84,10 +70,10 @@ def test_generic_family_is_exact(name, monkeypatch):
     calls = _Count(monkeypatch)
     orig.train()
     conv.train()
-    out_o, g_o = _step(orig, x, 1)
-    out_c, g_c = _step(conv, x, 1)
+    out_o, g_o = train_step(orig, x, 1)
+    out_c, g_c = train_step(conv, x, 1)
     assert torch.equal(out_c, out_o), (name, (out_c - out_o).abs().max())
-    _grads_close(g_c, g_o, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_c, g_o, rtol=1e-5, atol=1e-6)
     assert calls.n >= sum(1 for r in rows if r["how"] == "fused")  # the fused op ran at every fused site
     orig.eval()
     conv.eval()
@@ -116,7 +102,7 @@ class Base(nn.Module):
 
 
 class Forms(Base):
-    """Every matched form, behind a decorator, a zero-argument super() and a closure."""
+    """Every matched form, behind a decorator, a zero-argument super(), a closure and a mangled name."""
 
     def __init__(self, c=8, p=0.5, with_skip=True):
         super().__init__(c, p)
@@ -126,10 +112,11 @@ class Forms(Base):
         self.drop_path2 = DropPath(p)
         self.with_skip = with_skip
         self.downsample = None
+        self.__two = 2.0  # a private (mangled) name in a rewritten method
 
     @_decorate
     def forward(self, x):
-        scale = 2.0
+        scale = self.__two
 
         def f(t):
             return self.lin(t) * scale
@@ -166,10 +153,10 @@ def test_forms_fused_and_exact(monkeypatch):
     calls = _Count(monkeypatch)
     x = torch.randn(16, 8)
     for seed in range(3):
-        a, ga = _step(ref, x, seed)
-        b, gb = _step(blk, x, seed)
+        a, ga = train_step(ref, x, seed)
+        b, gb = train_step(blk, x, seed)
         assert torch.equal(a, b)
-        _grads_close(gb, ga, rtol=1e-5, atol=1e-6)
+        assert_grads_close(gb, ga, rtol=1e-5, atol=1e-6)
     assert calls.n == 3 * 6
     ref.eval()
     blk.eval()
@@ -200,11 +187,7 @@ def test_refused_sites_name_the_construct():
     assert rows["drop_path2"]["reason"].startswith("scale after drop path")
     assert rows["drop_path3"]["reason"].startswith("no residual add: concatenated")
     x = torch.randn(16, 8)
-    for seed in range(2):
-        torch.manual_seed(seed)
-        a = ref(x)
-        torch.manual_seed(seed)
-        assert torch.equal(blk(x), a)
+    assert_same_forward(ref, blk, x, range(2))
 
 
 def test_never_running_drop_path_is_reported_so():
@@ -253,18 +236,12 @@ def test_class_rewrite_is_cached_and_fast():
 
 # ---- deepcopy, pickle, compile, checkpointing -------------------------------------------------------
 
-def _pickled(model):
-    buf = io.BytesIO()
-    torch.save(model, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
-
 
 def test_deepcopy_and_pickle_stay_converted():
     model, x = _build("cait")
     sdkernels.convert(model)
     model.train()
-    for clone in (copy.deepcopy(model), _pickled(model)):
+    for clone in (copy.deepcopy(model), pickled(model)):
         f = clone.blocks[1].__dict__["forward"]
         assert isinstance(f, generic.RewrittenMethod) and f.block is clone.blocks[1]
         clone.train()
@@ -272,25 +249,3 @@ def test_deepcopy_and_pickle_stay_converted():
         a = model(x)
         torch.manual_seed(7)
         assert torch.equal(clone(x), a)
-
-
-def test_compile_fullgraph_generic():
-    model, x = _build("cait")
-    sdkernels.convert(model)
-    model.train()
-    expect, g_expect = _step(model, x, 6)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    got, g_got = _step(compiled, x, 6)
-    torch.testing.assert_close(got, expect)
-    _grads_close({k.replace("_orig_mod.", ""): v for k, v in g_got.items()}, g_expect, rtol=1e-5, atol=1e-6)
-
-
-def test_checkpointing_generic():
-    model, x = _build("cait")
-    sdkernels.convert(model)
-    model.train()
-    out_a, g_a = _step(model, x, 5)
-    model.set_grad_checkpointing(True)
-    out_b, g_b = _step(model, x, 5)
-    assert torch.equal(out_a, out_b)
-    _grads_close(g_b, g_a, rtol=0, atol=0)

@@ -1,44 +1,58 @@
-"""One call that makes timm and torchvision models use sdkernels: :func:`convert`.
+"""One call that makes timm, torchvision and Hugging Face transformers models use sdkernels: :func:`convert`.
 
 ::
 
     model = timm.create_model("deit3_small_patch16_224", drop_path_rate=0.2)
     sdkernels.convert(model)                    # in place; fused residual adds, same results under one seed
     sdkernels.convert(model, skip=True)         # branches run on the kept samples only, where that is exact
-    rows = sdkernels.conversion_report(model)   # one dict per drop-path site
+    rows = sdkernels.conversion_report(model)   # one dict per drop-path module
     print(sdkernels.conversion_report(model, summary=True))
-    sdkernels.unconvert(model)                  # the original forwards and modules again
+    sdkernels.unconvert(model)                  # the original methods and modules again
 
-What it does, per module of the model:
+What it does, per module of the model that holds a drop path (timm ``DropPath``, torchvision
+``StochasticDepth``, a Hugging Face ``*DropPath`` class, sdkernels' own):
 
-* a block of a known family (timm ViT ``Block``, ``EvaBlock``, ConvNeXt, Swin v1/v2, the
-  EfficientNet blocks, ResNet ``BasicBlock``/``Bottleneck``; torchvision ``CNBlock``, Swin,
-  ``MBConv``/``FusedMBConv``: see the family files of this package) gets a replacement ``forward``
-  on the instance (the class is untouched) in which drop path and the residual add are one fused
-  ``sdkernels.drop_path_add`` (``how = "fused"``), or, with ``skip=True`` and a branch that acts on each
-  sample alone, ``sdkernels.drop_path_residual`` (``how = "skip"``);
-* every other timm ``DropPath`` / torchvision ``StochasticDepth`` is swapped for
-  ``sdkernels.nn.DropPath`` / ``sdkernels.nn.StochasticDepth`` (``how = "module"``).
+* **the generic rewrite** (``generic.py``, ``rewrite.py``): the methods of the module's class that call the
+  drop path (``forward`` and any other) are rewritten from their own source: each residual add the drop path
+  feeds (``r + self.drop_path(b)`` in either order, ``r += ...``, ``v = self.drop_path(b)`` ... ``v + r``)
+  becomes one :func:`sdkernels.drop_path_add`, with a LayerScale branch (``self.ls(b)``, ``gamma * b``)
+  fused as its ``layer_scale``; everything else of the method runs as written (control flow, keyword
+  arguments, decorators, ``super()``, closures).  The rewritten methods are bound to the instance (the class
+  is untouched; ``how = "fused"``).  A site the rewrite cannot prove exact keeps its code, and the report
+  names the construct: a scale after the drop path (``x + gamma * drop_path(y)``), a reshape or slice
+  between drop path and add, no residual add (concatenated, returned), or a random op (dropout) that could
+  run between the original's draw and the add;
+* **hand-written blocks** (the family files ``vit.py``, ``swin.py``, ``convnext.py``), only where they do
+  more than the rewrite: the add + LayerNorm fusion of pre-norm blocks (``fuse_norm``) and the skip path
+  (``skip=True``);
+* a timm or torchvision drop path that is not fused is swapped for ``sdkernels.nn.DropPath`` /
+  ``sdkernels.nn.StochasticDepth`` (``how = "module"``); a Hugging Face one stays (``how = "eager"``).
 
 Exactness: under one seed a converted model (``skip=False``) keeps the samples the original keeps
-(same draws, same order) and gives its outputs (fp32 forward bitwise: the fused kernel rounds
-``(branch * gamma) * scale`` and the add as eager does) and its gradients to rounding. In eval mode,
-or where every rate is 0, the original ``forward`` runs: bitwise the original. ``state_dict`` keys and
-values are unchanged (the patched forwards use the blocks' own parameters: LayerScale ``gamma``, norms).
-Converted models deep-copy (timm's model EMA), pickle whole (``torch.save``/``torch.load``), train
-under ``torch.utils.checkpoint`` and timm's ``set_grad_checkpointing``, compile with
-``torch.compile(fullgraph=True)``, and trace with ``torch.fx`` (feature extraction): a traced graph of
-a ``skip=True`` model runs the fused form, since a traced branch cannot be re-run on a subset.
-``torch.jit.script`` raises an error that names :func:`unconvert`.
+(same draws, same order: where the original draws before the add, the site is fused only when nothing
+between the two can draw) and gives its outputs (fp32 forward bitwise for timm and torchvision: the fused
+kernel rounds ``(branch * gamma) * scale`` and the add as eager does) and its gradients to rounding.
+Hugging Face drop paths draw ``floor(keep + rand)`` in the branch's dtype and divide by ``keep``: the fused
+op draws the same samples (``draw="hf"``) and multiplies by ``1 / keep``, so outputs equal the original's
+to rounding, not bitwise.  In eval mode, at rate 0, or when a drop path has forward hooks, the original
+expression runs: bitwise the original.  ``state_dict`` keys and values are unchanged (the fused ops use
+the blocks' own parameters: LayerScale ``gamma``, norms).  Converted models deep-copy (timm's model EMA),
+pickle whole (``torch.save``/``torch.load``), train under ``torch.utils.checkpoint`` and timm's
+``set_grad_checkpointing``, compile with ``torch.compile(fullgraph=True)``, and trace with ``torch.fx``
+(feature extraction): a traced graph of a ``skip=True`` model runs the fused form, since a traced branch
+cannot be re-run on a subset.  ``torch.jit.script`` raises an error that names :func:`unconvert`.
+An in-place residual add (``r += drop_path(b)``) becomes an out-of-place one bound to the same name (the
+add keeps ``r``'s dtype: where the op would promote it, the original in-place add runs).
 
 ``skip=True`` caveats (see :func:`sdkernels.drop_path_residual`): count ``"fixed"`` keeps exactly
 ``round(n (1 - p))`` samples per call, a realised rate ``1 - k/n`` that differs from ``p`` for small
 batches (warned once when by more than 0.1); count ``"bernoulli"`` is timm's distribution and costs one
 host sync per site. A block whose branch holds BatchNorm (EfficientNet, ResNet, RegNet), whose shortcut
-is not the identity, or that gets a per-sample attention mask is fused instead. Under DDP, count
-``"fixed"`` runs every branch at every step (on k >= 1 samples); a site in mode "batch" (torchvision's
-``StochasticDepth(p, "batch")``) skips its branch for a dropped batch, leaving its parameters unused in
-that step: DDP then needs ``find_unused_parameters=True``, and every rank must be seeded alike.
+is not the identity, that gets a per-sample attention mask, or that no hand-written family knows is fused
+instead (the report says why). Under DDP, count ``"fixed"`` runs every branch at every step (on k >= 1
+samples); a site in mode "batch" (torchvision's ``StochasticDepth(p, "batch")``) skips its branch for a
+dropped batch, leaving its parameters unused in that step: DDP then needs ``find_unused_parameters=True``,
+and every rank must be seeded alike.
 """
 from __future__ import annotations
 

@@ -161,6 +161,29 @@ def _code_names(code: types.CodeType) -> set:
     return names
 
 
+class _Mangle(ast.NodeTransformer):
+    """Private-name mangling as the class body applied it (``self.__x`` -> ``self._Cls__x``)."""
+
+    def __init__(self, cls_name: str):
+        self.prefix = "_" + cls_name.lstrip("_")
+
+    def _m(self, name: str) -> str:
+        return self.prefix + name if name.startswith("__") and not name.endswith("__") and "." not in name else name
+
+    def visit_Name(self, node):
+        node.id = self._m(node.id)
+        return node
+
+    def visit_Attribute(self, node):
+        self.generic_visit(node)
+        node.attr = self._m(node.attr)
+        return node
+
+    def visit_arg(self, node):
+        node.arg = self._m(node.arg)
+        return node
+
+
 def _compile(cls: type, attr: str, value, facts: BlockFacts):
     """``(function or None, sites, why not)`` for method ``attr`` of ``cls``."""
     qual = f"{cls.__qualname__}.{attr}"
@@ -179,6 +202,8 @@ def _compile(cls: type, attr: str, value, facts: BlockFacts):
         return None, [], f"the source of {qual} is not a plain def"
     decorators = fdef.decorator_list
     fdef.decorator_list = []
+    owner = next(k for k in cls.__mro__ if attr in vars(k))
+    _Mangle(owner.__name__).visit(fdef)  # the class body mangled ``__x``; the recompiled def is outside it
     fdef, sites = rewrite_method(fdef, facts, attr)
     if not any(s.fused for s in sites):
         return None, sites, ""

@@ -24,7 +24,7 @@ and the same seed keeps the same samples.  Otherwise the site is left as written
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 __all__ = ["RUNTIME", "BlockFacts", "Site", "Rewriter", "rewrite_method", "snippet"]
