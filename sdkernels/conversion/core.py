@@ -25,12 +25,13 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from .. import _fx, functional, nn as sdk_nn
 from ..add_norm import drop_path_add_norm
 from ..skip import COUNTS, drop_path_residual
 
-__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "active_rate", "residual_site",
+__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "active_draw", "residual_site",
            "has_batchnorm", "run_sequence", "norm_of", "residual_norm_site", "is_drop_path_module",
            "looks_like_drop_path", "is_hf_drop_path", "has_forward_hooks"]
 
@@ -211,13 +212,34 @@ def rate_of(m) -> Optional[Rate]:
     raise TypeError(f"not a drop-path module: {type(m).__name__}")
 
 
-def active_rate(m) -> Optional[Rate]:
-    """The rate of ``m`` when it is a drop-path module convert can fuse, in training with p > 0 and no forward
-    hooks (a fused op never calls the module, so its hooks would not run); None otherwise."""
-    if m is None or isinstance(m, nn.Identity) or not is_drop_path_module(m) or has_forward_hooks(m):
+_KINDS: Dict[type, Optional[str]] = {}  # class -> "timm" / "tv" / "hf" (how its rate reads), None: not a drop path
+
+
+def _kind(cls: type, m) -> Optional[str]:
+    kind = _KINDS.get(cls, False)
+    if kind is False:
+        if issubclass(cls, (sdk_nn.StochasticDepth,) + tv_stochastic_depth_types()):
+            kind = "tv"
+        elif issubclass(cls, (sdk_nn.DropPath,) + _timm_drop_path_types()):
+            kind = "timm"
+        else:
+            kind = "hf" if is_hf_drop_path(m) else None
+        _KINDS[cls] = kind
+    return kind
+
+
+def active_draw(m) -> Optional[Tuple[float, bool, str, str]]:
+    """``(p, scale_by_keep, mode, draw)`` of ``m`` when it is a drop-path module convert can fuse, in training
+    with p > 0 and no forward hooks (a fused op never calls the module, so its hooks would not run); None
+    otherwise.  The per-call check of every fused site (a class lookup, no allocation)."""
+    kind = _kind(type(m), m)
+    if kind is None or not m.training or has_forward_hooks(m):
         return None
-    r = rate_of(m)
-    return r if r.active else None
+    if kind == "tv":
+        return (float(m.p), True, m.mode, "timm") if m.p > 0 else None
+    if kind == "timm":
+        return (float(m.drop_prob), bool(m.scale_by_keep), "row", "timm") if m.drop_prob > 0 else None
+    return (float(m.drop_prob), True, "row", "hf") if m.drop_prob > 0 else None
 
 
 def check_drop_paths(block: nn.Module, names) -> Optional[str]:
@@ -291,10 +313,8 @@ INDUCTOR_NORM_ROWS = 1024
 
 def has_forward_hooks(m: nn.Module) -> bool:
     """Whether a forward (pre-)hook would run when ``m`` is called (its own or a global one)."""
-    from torch.nn.modules import module as _mod
-
-    return bool(m._forward_hooks or m._forward_pre_hooks or _mod._global_forward_hooks
-                or _mod._global_forward_pre_hooks)
+    return bool(m._forward_hooks or m._forward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks)
 
 
 def norm_of(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[str, Optional[torch.Tensor], Optional[torch.Tensor],

@@ -433,11 +433,16 @@ def fuse(block, name: str, order: str, *pieces, ls: Optional[str] = None, inplac
     original adds in place into its first operand; ``flag`` False: a deferred drop path that did not run.
     """
     m = getattr(block, name)
-    rate = core.active_rate(m) if flag else None
-    if rate is None:
+    draw = core.active_draw(m) if flag else None
+    if draw is None:
         return _eager(block, m, order, pieces, ls, inplace, flag)
-    vals = dict(zip(order, pieces))
-    res, b = vals["r"], vals["b"]
+    p, scale_by_keep, mode, rule = draw
+    if len(order) == 2:
+        res, b = pieces if order[0] == "r" else pieces[::-1]
+        vals = None
+    else:
+        vals = dict(zip(order, pieces))
+        res, b = vals["r"], vals["b"]
     gamma, cd = None, -1
     proxy = _fx.first_proxy(*pieces)
     if ls is not None:
@@ -447,17 +452,14 @@ def fuse(block, name: str, order: str, *pieces, ls: Optional[str] = None, inplac
             b = mod(b)
         else:
             gamma, cd = found
-    elif "g" in vals:
-        if proxy is not None:
-            return _eager(block, m, order, pieces, ls, inplace, flag)
+    elif vals is not None:  # a g * b branch
         gamma = vals["g"]
-        cd = _channel_dim(gamma, b) if isinstance(b, torch.Tensor) else None
+        cd = None if proxy is not None or not isinstance(b, torch.Tensor) else _channel_dim(gamma, b)
         if cd is None:
             return _eager(block, m, order, pieces, ls, inplace, flag)
     if proxy is None:
-        if not (isinstance(res, torch.Tensor) and isinstance(b, torch.Tensor)) or res.shape != b.shape \
-                or res.device != b.device:
-            return _eager(block, m, order, pieces, ls, inplace, flag)
+        if not (isinstance(res, torch.Tensor) and isinstance(b, torch.Tensor)) or res.shape != b.shape:
+            return _eager(block, m, order, pieces, ls, inplace, flag)  # a broadcasting add
         if inplace:  # an in-place add keeps its target's dtype
             dt = torch.promote_types(res.dtype, b.dtype)
             if gamma is not None:
@@ -465,10 +467,10 @@ def fuse(block, name: str, order: str, *pieces, ls: Optional[str] = None, inplac
             if dt != (res.dtype if order[0] == "r" else b.dtype):
                 return _eager(block, m, order, pieces, ls, inplace, flag)
     state = block.__dict__.get(_STATE)
-    kw = {} if rate.draw == "timm" else {"draw": rate.draw}
+    kw = {} if rule == "timm" else {"draw": rule}
     if gamma is not None:
         kw["layer_scale"], kw["channel_dim"] = gamma, cd
-    return drop_path_add(res, b, rate.p, training=True, mode=rate.mode, scale_by_keep=rate.scale_by_keep,
+    return drop_path_add(res, b, p, training=True, mode=mode, scale_by_keep=scale_by_keep,
                          backend=state.settings.backend if state is not None else "auto", **kw)
 
 
