@@ -163,6 +163,36 @@ def test_forms_fused_and_exact(monkeypatch):
     assert torch.equal(blk(x), ref(x))
 
 
+class ReturnUnderIf(Base):
+    """A deferred drop path added by a return under an if (applied alone on the other path), and adds in a
+    lambda and a comprehension."""
+
+    def __init__(self, flag):
+        super().__init__()
+        self.flag = flag
+
+    def forward(self, x):
+        f = lambda t: t + self.drop_path(self.lin(t))  # noqa: E731
+        x = [f(t) for t in (x,)][0]
+        v = self.drop_path(self.lin(x))
+        if self.flag:
+            return v + x
+        return v
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_deferred_return_under_if(flag, monkeypatch):
+    torch.manual_seed(0)
+    blk = ReturnUnderIf(flag)
+    ref = copy.deepcopy(blk)
+    sdkernels.convert(blk)
+    (row,) = sdkernels.conversion_report(blk)
+    assert row["how"] == "fused", row
+    calls = _Count(monkeypatch)
+    assert_same_forward(ref, blk, torch.randn(16, 8), range(3))
+    assert calls.n == 3 * (2 if flag else 1)
+
+
 class Refused(Base):
     def __init__(self):
         super().__init__()

@@ -292,12 +292,12 @@ class Rewriter:
         if found is None:
             return fail(self._why_not_added(use, v))
         add, inplace = found
-        rebinds = isinstance(use, ast.Return) and use_if is None or (
-            isinstance(use, ast.AugAssign) or any(isinstance(t, ast.Name) and t.id == v for t in use.targets))
+        rebinds = (isinstance(use, (ast.Return, ast.AugAssign))
+                   or isinstance(use, ast.Assign) and any(isinstance(t, ast.Name) and t.id == v for t in use.targets))
         if not rebinds and (frame.in_loop or use_if is not None or any(
                 n.lineno > use.end_lineno for n in _loads(self.tree, v) if isinstance(n.ctx, ast.Load))):
             return fail(f"the drop path's output `{v}` is read again after its add: `{snippet(use)}`")
-        if use_if is not None and (not self.quiet(use_if.test) or isinstance(use, ast.Return)):
+        if use_if is not None and not self.quiet(use_if.test):
             return fail(f"may draw random numbers between drop path and add: `{snippet(use_if.test)}`")
         if not self.quiet(use.value):  # evaluated after the original's draw, before the fused one
             return fail(f"may draw random numbers between drop path and add: `{snippet(use)}`")
