@@ -111,7 +111,8 @@ def _hf_config(d: str):
 
     mod = importlib.import_module(f"transformers.models.{d}.configuration_{d}")
     classes = [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, PretrainedConfig)
-               and c.__module__ == mod.__name__ and CONFIG_MAPPING_NAMES.get(getattr(c, "model_type", "")) == c.__name__]
+               and c.__module__ == mod.__name__
+               and CONFIG_MAPPING_NAMES.get(getattr(c, "model_type", "")) == c.__name__]
     if not classes:
         raise LookupError(f"no registered config class in transformers.models.{d}")
     classes.sort(key=lambda c: -len(getattr(c, "sub_configs", None) or {}))  # the composite one first
