@@ -56,46 +56,60 @@ def _draws(m: nn.Module) -> bool:
     return False
 
 
-def _layer_scale_gamma(m: nn.Module) -> Optional[Tuple[torch.Tensor, int]]:
-    """``(gamma, channel_dim)`` when ``m(x)`` is ``x * gamma`` over one channel dim (timm ``LayerScale`` /
-    ``LayerScale2d`` without ``inplace``, a module whose forward is ``return x * self.<param>``); else None."""
+def _layer_scale_gamma(m: nn.Module) -> Optional[Tuple[torch.Tensor, Optional[int]]]:
+    """``(gamma, channel_dim)`` when ``m(x)`` is ``x * gamma`` (a LayerScale module), else None.
+
+    ``channel_dim`` None: ``gamma`` broadcasts as written (right-aligned; found per call by
+    :func:`_channel_dim`).  Known: timm's ``LayerScale2d`` of ``timm.layers`` (``x * gamma.view(1, -1, 1, 1)``:
+    dim 1), and any class named ``*LayerScale*`` whose forward is ``return x * self.<p>`` (or ``self.<p> * x``,
+    or timm's ``x.mul_(self.<p>) if self.inplace else x * self.<p>`` with ``inplace`` False)."""
     cls = type(m)
-    if cls.__module__.startswith("timm.") and cls.__name__ in ("LayerScale", "LayerScale2d"):
-        if getattr(m, "inplace", False) or not isinstance(getattr(m, "gamma", None), torch.Tensor):
-            return None
-        return m.gamma, (-1 if cls.__name__ == "LayerScale" else 1)
+    if cls.__module__ == "timm.layers.layer_scale" and cls.__name__ == "LayerScale2d":
+        return (m.gamma, 1) if not m.inplace and isinstance(m.gamma, torch.Tensor) and m.gamma.dim() == 1 else None
     param = _LS_PARAMS.get(cls, False)
     if param is False:
         param = _single_product_param(cls)
         _LS_PARAMS[cls] = param
-    if param is None:
+    if param is None or getattr(m, "inplace", False):
         return None
     g = getattr(m, param, None)
-    return (g, -1) if isinstance(g, torch.Tensor) and g.dim() == 1 else None
+    return (g, None) if isinstance(g, torch.Tensor) else None
 
 
 _LS_PARAMS: Dict[type, Optional[str]] = {}
 
 
+def _product_param(e: ast.expr, x: str, selfname: str) -> Optional[str]:
+    """``p`` when ``e`` is ``x * self.p`` or ``self.p * x``."""
+    if not (isinstance(e, ast.BinOp) and isinstance(e.op, ast.Mult)):
+        return None
+    for a, g in ((e.left, e.right), (e.right, e.left)):
+        if (isinstance(a, ast.Name) and a.id == x and isinstance(g, ast.Attribute)
+                and isinstance(g.value, ast.Name) and g.value.id == selfname):
+            return g.attr
+    return None
+
+
 def _single_product_param(cls: type) -> Optional[str]:
-    """The parameter name when ``cls.forward`` is one ``return x * self.<p>`` (or ``self.<p> * x``)."""
-    if "LayerScale" not in cls.__name__ or "forward" not in vars(cls):
+    """The parameter name when ``cls.forward`` is one ``return x * self.<p>`` (see :func:`_layer_scale_gamma`)."""
+    fwd = next((vars(k)["forward"] for k in cls.__mro__ if "forward" in vars(k)), None)
+    if "LayerScale" not in cls.__name__ or not inspect.isfunction(fwd):
         return None
     try:
-        fn = ast.parse(textwrap.dedent(inspect.getsource(cls.forward))).body[0]
+        fn = ast.parse(textwrap.dedent(inspect.getsource(fwd))).body[0]
     except (OSError, TypeError, SyntaxError):
         return None
     args = [a.arg for a in fn.args.args]
     if len(args) != 2 or len(fn.body) != 1 or not isinstance(fn.body[0], ast.Return):
         return None
     e = fn.body[0].value
-    if not (isinstance(e, ast.BinOp) and isinstance(e.op, ast.Mult)):
-        return None
-    for x, g in ((e.left, e.right), (e.right, e.left)):
-        if (isinstance(x, ast.Name) and x.id == args[1] and isinstance(g, ast.Attribute)
-                and isinstance(g.value, ast.Name) and g.value.id == args[0]):
-            return g.attr
-    return None
+    if isinstance(e, ast.IfExp):  # x.mul_(self.p) if self.inplace else x * self.p
+        t = e.test
+        if not (isinstance(t, ast.Attribute) and t.attr == "inplace" and isinstance(t.value, ast.Name)
+                and t.value.id == args[0]):
+            return None
+        e = e.orelse
+    return _product_param(e, args[1], args[0])
 
 
 def block_facts(block: nn.Module) -> Optional[BlockFacts]:
@@ -448,10 +462,12 @@ def fuse(block, name: str, order: str, *pieces, ls: Optional[str] = None, inplac
     if ls is not None:
         mod = getattr(block, ls)
         found = None if proxy is not None or core.has_forward_hooks(mod) else _layer_scale_gamma(mod)
-        if found is None:
-            b = mod(b)
-        else:
+        if found is not None:
             gamma, cd = found
+            if cd is None:
+                cd = _channel_dim(gamma, b) if isinstance(b, torch.Tensor) else None
+        if cd is None:  # not a LayerScale the op can stand for: the module runs
+            gamma, cd, b = None, -1, mod(b)
     elif vals is not None:  # a g * b branch
         gamma = vals["g"]
         cd = None if proxy is not None or not isinstance(b, torch.Tensor) else _channel_dim(gamma, b)
