@@ -66,7 +66,7 @@ def _want_cuda():
 
 
 def _extensions():
-    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/composite/*.cpp"))
     # The C++ standard is the one torch asks for.  -fopenmp: at::parallel_for is
     # inlined from ATen's headers and runs serially unless the extension itself
     # is compiled with OpenMP (torch's CPU build uses the OpenMP backend).

@@ -339,7 +339,7 @@ def run_block_suite(device: str, dtype: torch.dtype = torch.float32, batch: Opti
     back with status "skipped"; ``profile`` (wall timer only) adds the
     per-step counts of :func:`_profile` to every timed row.
     """
-    from sdkernels.skip import kept_count
+    from sdkernels.functional import kept_count
 
     batch = batch or default_batch(device)
     repeats = repeats or (20 if device == "cuda" else 5)

@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                "--list prints every valid name.",
     )
     ap.add_argument("--suite", default=None,
-                    help=f"suites among {', '.join(S.SUITES)} or 'all' (default: ops,e2e; blocks, models and train "
-                         "are opt-in: models takes tens of minutes on a 2-core CPU, mostly compiling; 'all' runs "
-                         "every suite: ops, e2e, blocks, models, train; 'zoo' alone: convert's coverage of timm, "
-                         "torchvision and transformers on the meta device)")
+                    help=f"suites among {', '.join(S.SUITES)} or 'all' (default: ops,e2e; blocks, models, train and host "
+                         "are opt-in: models takes tens of minutes on a 2-core CPU, mostly compiling; host times "
+                         "per-call host cost against eager; 'all' runs every suite; 'zoo' alone: convert's coverage "
+                         "of timm, torchvision and transformers on the meta device)")
     ap.add_argument("--ops", default=None,
                     help=f"ops among {', '.join(S.OPS)} (default: drop_path_add; drop_path_add_ls (LayerScale) and the "
                          "add + norm ops have their own default sizes, and the add + norm ops their own p)")
@@ -194,7 +194,12 @@ def main(argv=None) -> int:
         from . import train
 
         n_train = len(train.SEEDS) * len(train.VARIANTS)
-    bar = _progress(len(plans) + n_e2e + n_mem + n_models + n_train, a.no_progress)
+    n_host = 0
+    if "host" in suites:
+        from . import host
+
+        n_host = len(host.CASES)
+    bar = _progress(len(plans) + n_e2e + n_mem + n_models + n_train + n_host, a.no_progress)
     old = signal.signal(signal.SIGTERM, _on_term)
     interrupted = None
     phases: Dict[str, float] = {}
@@ -240,6 +245,11 @@ def main(argv=None) -> int:
                 torch.set_num_threads(threads)
             rows += train_rows
             phase("train")
+        if "host" in suites:
+            from . import host
+
+            rows += host.run_host(device, rounds=a.repeats or 7, progress=bar)
+            phase("host")
         if not a.no_memory:
             # The minimum over tries: a transient (a late free) can only add.
             opsuite.measure_memory(rows, cases, device, bar, deadline, tries=3 if device == "cuda" else 2)
@@ -273,6 +283,8 @@ def main(argv=None) -> int:
         print("\n" + models.format_rows(rows))
     if "train" in suites:
         print("\n" + train.format_rows(rows))
+    if "host" in suites:
+        print("\n" + host.format_rows(rows))
     pngs = []
     if not a.no_plots:
         from . import plot

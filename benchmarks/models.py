@@ -132,7 +132,7 @@ def run_models(device: str, models: Optional[Sequence[str]] = None, rates: Seque
     """Rows (suite "models", mode "step") for each model, rate and provider (module docstring).
 
     ``img_size`` other than 224 (smoke tests) builds the ViTs for that size."""
-    from sdkernels.skip import kept_count
+    from sdkernels.functional import kept_count
 
     models = list(models or default_models(device))
     batch = batch or default_batch(device)

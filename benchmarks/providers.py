@@ -183,8 +183,8 @@ def default_providers() -> Tuple[str, ...]:
 
 def _backend_devices(name: str):
     sdk = sdkernels_or_none()
-    table = getattr(getattr(sdk, "functional", None), "_BACKENDS", {}) if sdk is not None else {}
-    be = table.get(name)
+    table = getattr(getattr(sdk, "functional", None), "CORE", None) if sdk is not None else None
+    be = table.get(name) if table is not None else None
     if be is not None:
         return be.devices
     return {"cpu": {"cpu"}, "cuda": {"cuda"}, "triton": {"cuda"}}.get(name)

@@ -79,9 +79,7 @@ def run(device: str, backends) -> int:
     if skip_path is not None:  # the skip path (issue 5), when it is there: memory safety only
         lin = torch.nn.Linear(33, 33).to(device)
         x = torch.randn(6, 7, 33, device=device, requires_grad=True)
-        from sdkernels.skip import available_skip_backends
-
-        for be in [b for b in backends if b in available_skip_backends()]:
+        for be in [b for b in backends if b in sdkernels.available_backends("skip")]:
             try:
                 y = skip_path(x, lin, 0.5, backend=be)
             except TypeError:
@@ -232,18 +230,15 @@ def main(argv=None) -> int:
     else:
         backends = []
         for name in sdkernels.available_backends():
-            be = functional._BACKENDS[name]
-            if name != "reference" and (be.devices is None or a.device in be.devices):
+            if name != "reference" and functional.CORE[name].runs_on(a.device):
                 backends.append(name)
     if not backends:
         print(f"sanitize_case: no sdkernels backend for {a.device}; available: {sdkernels.available_backends()}",
               file=sys.stderr)
         return 2
     rc = run(a.device, backends)
-    from sdkernels import add_norm
-
-    norm_backends = [name for name in add_norm.available_add_norm_backends() if name != "reference"
-                     and (add_norm._BACKENDS[name].devices is None or a.device in add_norm._BACKENDS[name].devices)]
+    norm_backends = [name for name in sdkernels.available_backends("add_norm") if name != "reference"
+                     and functional.ADD_NORM[name].runs_on(a.device)]
     if a.backends:
         norm_backends = [b for b in norm_backends if b in backends]
     return max(rc, run_add_norm(a.device, norm_backends)) if norm_backends else rc

@@ -103,7 +103,7 @@ NORM_OPS = ("add_layernorm", "add_rmsnorm")
 #: ops: the op suite; e2e: ViT-B block training step; blocks: skip-path block suite; models: real timm
 #: models' training steps, eager vs sdkernels.convert (eager and compiled); train: a small ViT trained on
 #: scikit-learn's digits, eager vs convert (accuracy).  "all" runs every one of them.
-SUITES = ("ops", "e2e", "blocks", "models", "train")
+SUITES = ("ops", "e2e", "blocks", "models", "train", "host")
 DEFAULT_PS = (0.1, 0.5)
 #: The add + norm ops' default: the issue's p (a drop rate of a deep ViT's later blocks).
 DEFAULT_NORM_PS = (0.1,)

@@ -4,7 +4,8 @@ import sys
 import torch
 
 import sdkernels
-from sdkernels import functional, reference
+from sdkernels import reference
+from sdkernels.functional import CORE, LAYER_SCALE
 
 
 def main() -> int:
@@ -18,15 +19,16 @@ def main() -> int:
         keep = torch.tensor([1.0, 0, 1, 1, 0, 1, 0, 1], device=device)
         gamma = torch.linspace(0.5, 1.5, 37, device=device)
         exp = reference.scaled_residual_add(r, b, keep, 0, 1 / 0.7)
-        exp_ls = reference.scaled_residual_add_ls(r, b, keep, gamma, 0, -1, 1 / 0.7)  # LayerScale (issue 13)
+        exp_ls = reference.scaled_residual_add_ls(r, b, keep, gamma, 0, -1, 1 / 0.7)
         for name in sdkernels.available_backends():
-            be = functional._BACKENDS[name]
-            if be.devices is not None and device not in be.devices:
+            be = CORE[name]
+            if not be.runs_on(device):
                 continue
             out = be.residual_add(r, b, keep, 0, 1 / 0.7)
             good = torch.allclose(out, exp, rtol=1e-5, atol=1e-5)
-            if be.residual_add_ls is not None:
-                good &= torch.allclose(be.residual_add_ls(r, b, keep, gamma, 0, -1, 1 / 0.7), exp_ls, rtol=1e-5, atol=1e-5)
+            ls = LAYER_SCALE.get(name)
+            if ls is not None and ls.runs_on(device):
+                good &= torch.allclose(ls.residual_add_ls(r, b, keep, gamma, 0, -1, 1 / 0.7), exp_ls, rtol=1e-5, atol=1e-5)
             ok &= good
             print(f"  {device:5s} {name:10s} {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1

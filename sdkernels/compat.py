@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import torch
 
-from . import functional
-from .nn import DropPath, StochasticDepth, _tv_check
+from . import _fx, checks, functional
+from .nn import DropPath, StochasticDepth
 
 __all__ = ["drop_path", "DropPath", "stochastic_depth", "StochasticDepth"]
 
@@ -62,7 +62,7 @@ def stochastic_depth(input: torch.Tensor, p: float, mode: str, training: bool = 
     itself when not ``training`` or ``p == 0``.  Raises torchvision's
     ``ValueError`` messages for ``p`` outside [0, 1] and an unknown ``mode``.
     """
-    if isinstance(input, functional._fx.Proxy):
-        return functional._fx.record(input, stochastic_depth, (input, p, mode), dict(training=training))
-    _tv_check(p, mode)
+    if isinstance(input, _fx.Proxy):
+        return _fx.record(input, stochastic_depth, (input, p, mode), dict(training=training))
+    checks.check_torchvision_args(p, mode)
     return functional.drop_path(input, p, training=training, mode=mode)

@@ -1,242 +1,108 @@
-"""Argument checks, random draws and backend choice for the public functions."""
+"""The public functions: argument checks, the draw, the backend pick, then one op.
+
+Every function here follows the same steps, in the same order: record itself as one node under
+``torch.fx`` tracing (:mod:`sdkernels._fx`); check its arguments (:mod:`sdkernels.checks`); in eval
+or at ``p == 0`` return the eager expression; pick its family's backend
+(:mod:`sdkernels.backends`); draw the keep mask (:func:`sdkernels.rng.draw`); call the op with
+the multiplier of :func:`sdkernels.dtypes.keep_scale`.
+"""
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Optional, Tuple
+import warnings
+from typing import Callable, Optional, Tuple
 
 import torch
 
-from . import _fx, ops, reference, rng
+from . import _fx, checks, reference, rng
 from ._ext import has_kernel
+from .backends import TABLES
+from .dtypes import FLOAT_DTYPES, acc_dtype, draw_dtype, drop_dtypes, keep_scale, opt_dtype
+from .ops import add_norm as _add_norm_ops, core as _core_ops, layer_scale as _ls_ops, skip as _skip_ops
 
-__all__ = ["drop_path_add", "drop_path", "available_backends", "drop_path_rates", "register_backend",
-           "register_layer_scale_ops"]
+__all__ = ["drop_path_add", "drop_path", "drop_path_add_norm", "drop_path_residual", "drop_path_rates",
+           "kept_count", "available_backends", "register_backend", "register_layer_scale_ops"]
 
-MODES = ("row", "batch")
-FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
-BACKEND_NAMES = ("auto", "reference", "cpu", "cuda", "triton")
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One way to run the two fused ops.
-
-    ``residual_add(residual, branch, scale, sample_dim, alpha)`` and
-    ``sample_scale(x, scale, sample_dim, alpha, dtype)`` follow the op schemas;
-    ``devices`` are the tensor device types it accepts (None: any).
-    ``residual_add_ls(residual, branch, scale, gamma, sample_dim, channel_dim, alpha)``
-    and ``sample_scale_ls(x, scale, gamma, sample_dim, channel_dim, alpha, dtype)``
-    are its LayerScale ops (issue 13; :func:`register_layer_scale_ops`), None
-    until registered.
-    """
-
-    name: str
-    residual_add: Callable
-    sample_scale: Callable
-    devices: Optional[FrozenSet[str]]
-    available: bool
-    residual_add_ls: Optional[Callable] = None
-    sample_scale_ls: Optional[Callable] = None
+CORE = _core_ops.BACKENDS
+LAYER_SCALE = _ls_ops.BACKENDS
+ADD_NORM = _add_norm_ops.BACKENDS
+SKIP = _skip_ops.BACKENDS
+#: Tensor types the fast paths take (no torch.fx Proxy, DTensor or other subclass: those take the full path).
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
+#: The C++ ops that draw and apply in one call (csrc/composite/draw.cpp), for the eager fast path.
+_ADD_DRAW = _ADD_LS_DRAW = _SCALE_DRAW = _CPP_ADD = _CPP_ADD_LS = _CPP_SCALE = None
+if has_kernel("drop_path_add_draw", "CompositeImplicitAutograd"):
+    _ADD_DRAW = torch.ops.sdkernels.drop_path_add_draw.default
+    _ADD_LS_DRAW = torch.ops.sdkernels.drop_path_add_ls_draw.default
+    _SCALE_DRAW = torch.ops.sdkernels.drop_path_draw.default
+    _CPP_ADD = torch.ops.sdkernels.scaled_residual_add.default
+    _CPP_SCALE = torch.ops.sdkernels.sample_scale.default
+    _CPP_ADD_LS = torch.ops.sdkernels.scaled_residual_add_ls.default
+#: (on CPU, on CUDA): whether "auto" picks those C++ ops there (kept current by the tables' on_change), so
+#: the fast paths may call them.  Sizes aside: TRITON_MIN_NUMEL, when finite, is not applied to them (it
+#: only chooses the faster of two exact backends).
+_FAST_ADD = _FAST_ADD_LS = _FAST_SCALE = (False, False)
 
 
-_BACKENDS: Dict[str, Backend] = {}
+def _refresh_fast() -> None:
+    global _FAST_ADD, _FAST_ADD_LS, _FAST_SCALE
+    devs = ("cpu", "cuda")
+    built = _ADD_DRAW is not None
+    _FAST_ADD = tuple(built and CORE.auto(d).ops["residual_add"] is _CPP_ADD for d in devs)
+    _FAST_SCALE = tuple(built and CORE.auto(d).ops["sample_scale"] is _CPP_SCALE for d in devs)
+    _FAST_ADD_LS = tuple(built and LAYER_SCALE.auto(d).ops["residual_add_ls"] is _CPP_ADD_LS for d in devs)
+
+
+def _fast_on(t: torch.Tensor, flags) -> bool:
+    return flags[0] if t.is_cpu else (t.is_cuda and flags[1])
+
+
+CORE.on_change(_refresh_fast)
+LAYER_SCALE.on_change(_refresh_fast)
+_is_compiling = torch.compiler.is_compiling
+#: Warn (once per process) when count "fixed" realises a drop rate this far from p.
+REALISED_RATE_WARN = 0.1
+
+
+def available_backends(family: str = "core") -> Tuple[str, ...]:
+    """Names of the backends usable in this process for an op family (default the core ops), e.g.
+    ``("reference", "cpu")``; ``family`` is one of "core", "layer_scale", "add_norm", "skip"."""
+    if family not in TABLES:
+        raise ValueError(f"family must be one of {tuple(TABLES)}, got {family!r}")
+    return TABLES[family].available()
 
 
 def register_backend(name: str, residual_add: Callable, sample_scale: Callable, devices, available: bool) -> None:
-    """Add (or replace) a backend; used by the compiled and Triton backends."""
-    if name not in BACKEND_NAMES or name == "auto":
-        raise ValueError(f"unknown backend name {name!r}")
-    old = _BACKENDS.get(name)
-    _BACKENDS[name] = Backend(name, residual_add, sample_scale, None if devices is None else frozenset(devices),
-                              bool(available), *((old.residual_add_ls, old.sample_scale_ls) if old else ()))
+    """Add (or replace) a core-family backend: ops with the schemas of ``scaled_residual_add`` and
+    ``sample_scale``, the device types they take (None: any) and whether they are usable."""
+    CORE.register(name, devices, available, residual_add=residual_add, sample_scale=sample_scale)
 
 
-def register_layer_scale_ops(name: str, residual_add_ls: Callable, sample_scale_ls: Callable) -> None:
-    """Give the registered backend ``name`` its LayerScale ops (schemas of ``scaled_residual_add_ls`` / ``sample_scale_ls``)."""
-    if name not in _BACKENDS:
-        raise ValueError(f"backend {name!r} is not registered")
-    _BACKENDS[name] = dataclasses.replace(_BACKENDS[name], residual_add_ls=residual_add_ls,
-                                          sample_scale_ls=sample_scale_ls)
+def register_layer_scale_ops(name: str, residual_add_ls: Callable, sample_scale_ls: Callable, devices=None,
+                             available: bool = True) -> None:
+    """Add (or replace) a LayerScale-family backend (schemas of ``scaled_residual_add_ls`` / ``sample_scale_ls``)."""
+    LAYER_SCALE.register(name, devices, available, residual_add_ls=residual_add_ls, sample_scale_ls=sample_scale_ls)
 
 
-register_backend("reference", reference.scaled_residual_add, reference.sample_scale, None, True)
-_HAS_CPU = has_kernel("scaled_residual_add", "CPU") and has_kernel("sample_scale", "CPU")
-_HAS_CUDA = has_kernel("scaled_residual_add", "CUDA") and has_kernel("sample_scale", "CUDA") and torch.cuda.is_available()
-if _HAS_CPU:
-    register_backend("cpu", ops.scaled_residual_add, ops.sample_scale, {"cpu"}, True)
-if _HAS_CUDA:
-    register_backend("cuda", ops.scaled_residual_add, ops.sample_scale, {"cuda"}, True)
+def _plain_param(t, like: torch.Tensor) -> bool:
+    """An optional ``(H,)`` norm parameter the fast path takes: None, or a plain float tensor of shape ``(H,)``
+    on ``like``'s device."""
+    return t is None or (type(t) in _PLAIN and t.dim() == 1 and t.shape[0] == like.shape[-1]
+                         and t.dtype in FLOAT_DTYPES and t.device == like.device)
 
 
-# ---- LayerScale ops of the built-in backends (issue 13) ---------------------
-register_layer_scale_ops("reference", reference.scaled_residual_add_ls, reference.sample_scale_ls)
-if _HAS_CPU and has_kernel("scaled_residual_add_ls", "CPU"):
-    register_layer_scale_ops("cpu", ops.scaled_residual_add_ls, ops.sample_scale_ls)
-if _HAS_CUDA and has_kernel("scaled_residual_add_ls", "CUDA"):
-    register_layer_scale_ops("cuda", ops.scaled_residual_add_ls, ops.sample_scale_ls)
+def _dropped(draw: str, ddt: torch.dtype, branch: torch.Tensor, gamma: Optional[torch.Tensor] = None) -> torch.dtype:
+    """The dtype :func:`sdkernels.rng.draw` draws in: timm's rule the mapped draw dtype, Hugging Face's the
+    dtype of the tensor it drops (``branch``, or ``branch * gamma``)."""
+    if draw == "timm":
+        return ddt
+    return branch.dtype if gamma is None else torch.promote_types(branch.dtype, gamma.dtype)
 
 
-def available_in(table) -> Tuple[str, ...]:
-    """Names of the usable entries of a backend table (this module's or the skip path's)."""
-    return tuple(n for n in BACKEND_NAMES if n in table and table[n].available)
-
-
-def available_backends() -> Tuple[str, ...]:
-    """Names of the backends usable in this process, e.g. ``("reference", "cpu")``."""
-    return available_in(_BACKENDS)
-
-
-# ---- auto rule between "cuda" and "triton" (Triton backend, issue 3) ------
-# Measured on an NVIDIA H200 (torch 2.11, triton 3.6, 2026-11-27, one run of
-# `python -m benchmarks`, benchmarks/results/cuda-h200-2026-11-27.csv): the C++
-# CUDA op is as fast or faster in 48 of the 50 rows timed for both.  Forward
-# bf16 256x197x1024, p=0.1: cuda 84 us (94% of copy bandwidth) vs triton 96 us;
-# 2048x8x4096 seq-first: 107 vs 234 us; backward 256x197x1024: 56 vs 329 us;
-# host-bound 8x16x64: 28 vs 145 us.  The two exceptions are forwards at
-# 256x197x1024 with fp32 outputs: fp32 p=0.5, 129 (triton) vs 134 us, and
-# fp32+bf16 (autocast) p=0.1, 125 vs 140 us; the C++ op wins every fwd+bwd
-# row.  So "auto" takes the C++ op whenever it is built and
-# Triton only where it is not (TRITON_MIN_NUMEL = inf).  Those Triton times
-# were host-bound (the backward was a flat ~325 us from 64x197x768 to
-# 256x197x1024): the torch.library layers cost more than the kernels.  The
-# Triton backend's eager fast path (sdkernels/triton_ops.py) has since halved
-# that host time (stubbed-launch CPU check: fwd+bwd 114 -> 67 us, the C++ op
-# 38 us); re-measure on a GPU before changing this rule.
-TRITON_MIN_NUMEL = float("inf")
-
-
-def _auto_backend(device_type: str, numel: int = 0, table=None):
-    # The compiled kernel for the tensor's device, else the reference.
-    table = _BACKENDS if table is None else table
-    if device_type == "cpu" and "cpu" in table:
-        return table["cpu"]
-    if device_type == "cuda":
-        order = ("triton", "cuda") if numel >= TRITON_MIN_NUMEL else ("cuda", "triton")
-        for name in order:
-            be = table.get(name)
-            if be is not None and be.available and (be.devices is None or "cuda" in be.devices):
-                return be
-    return table["reference"]
-
-
-def pick_backend(backend: str, device: torch.device, numel: int = 0, table=None):
-    """The entry of ``table`` (default: the core backends) that runs ``backend`` on ``device``.
-
-    Shared with the skip path, whose table holds its own ops under the same names.
-    """
-    table = _BACKENDS if table is None else table
-    if backend == "auto":
-        return _auto_backend(device.type, numel, table)
-    be = table.get(backend)
-    if be is None or not be.available:
-        raise ValueError(
-            f"backend {backend!r} is not available here; available backends: {available_in(table)}"
-        )
-    if be.devices is not None and device.type not in be.devices:
-        raise ValueError(f"backend {backend!r} runs on {sorted(be.devices)} tensors, got a tensor on {device}")
-    return be
-
-
-def _check_module_rate_and_mode(p, mode) -> None:
-    """The modules' constructor checks of ``p`` and ``mode`` (ValueError naming the argument)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def check_backend_name(backend) -> None:
-    """ValueError unless ``backend`` is one of :data:`BACKEND_NAMES` (every public entry point's check)."""
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
-
-
-def _check_common(x: torch.Tensor, name: str, p, mode, sample_dim, backend, generator) -> int:
-    """Validate everything but the tensor pairing; returns sample_dim wrapped to [0, ndim)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a float, got {type(p).__name__}")
-    if math.isnan(p) or p < 0.0 or p > 1.0:
-        raise ValueError(f"p (drop probability) must be in [0, 1], got {p}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    check_backend_name(backend)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension (the sample dim), got a 0-dim tensor")
-    if isinstance(sample_dim, bool) or not isinstance(sample_dim, int):
-        raise TypeError(f"sample_dim must be an int, got {type(sample_dim).__name__}")
-    nd = x.dim()
-    if not -nd <= sample_dim < nd:
-        raise IndexError(f"sample_dim {sample_dim} is out of range for a tensor with {nd} dims")
-    return sample_dim % nd
-
-
-def _check_branch(residual: torch.Tensor, branch) -> None:
-    """``branch`` pairs with ``residual``: a floating-point tensor of its shape, on its device."""
-    if not isinstance(branch, torch.Tensor):
-        raise TypeError(f"branch must be a torch.Tensor, got {type(branch).__name__}")
-    if branch.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"branch must be a floating-point tensor (float16, bfloat16, float32 or float64), got {branch.dtype}")
-    if residual.shape != branch.shape:
-        raise ValueError(f"residual and branch must have the same shape, got {tuple(residual.shape)} and {tuple(branch.shape)}")
-    if residual.device != branch.device:
-        raise ValueError(f"residual and branch must be on the same device, got {residual.device} and {branch.device}")
-
-
-#: The keep mask of ``x`` (the tensor timm would drop): :func:`sdkernels.rng.draw`, the one draw rule.
-_draw = rng.draw
-
-
-def _check_layer_scale(layer_scale, x: torch.Tensor, channel_dim, sample_dim: int):
-    """Validate ``layer_scale`` against ``x`` (the branch); returns ``(gamma, channel_dim)``.
-
-    ``gamma`` is ``layer_scale`` as a 1-D view of its ``C`` values and
-    ``channel_dim`` is wrapped to [0, ndim).  ``layer_scale`` may be 1-D with
-    ``C = x.shape[channel_dim]`` values, or any shape that broadcasts to ``x``
-    along ``channel_dim`` only (torchvision's ``(C, 1, 1)`` with ``channel_dim=1``).
-    """
-    if not isinstance(layer_scale, torch.Tensor):
-        raise TypeError(f"layer_scale must be a torch.Tensor or None, got {type(layer_scale).__name__}")
-    if layer_scale.dtype not in FLOAT_DTYPES:
-        raise TypeError("layer_scale must be a floating-point tensor (float16, bfloat16, float32 or float64), "
-                        f"got {layer_scale.dtype}")
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
-    nd = x.dim()
-    if not -nd <= channel_dim < nd:
-        raise IndexError(f"channel_dim {channel_dim} is out of range for a tensor with {nd} dims")
-    cd = channel_dim % nd
-    if cd == sample_dim:
-        raise ValueError(f"channel_dim ({channel_dim}) must differ from sample_dim ({sample_dim}): "
-                         "LayerScale scales channels, drop path drops samples")
-    C = x.shape[cd]
-    gs = tuple(layer_scale.shape)
-    if layer_scale.dim() == 1:
-        ok = gs[0] == C
-    else:
-        lead = nd - layer_scale.dim()  # right-aligned broadcasting
-        ok = 1 <= layer_scale.dim() <= nd and lead <= cd and all(
-            size == (C if lead + k == cd else 1) for k, size in enumerate(gs))
-    if not ok:
-        raise ValueError(
-            f"layer_scale must hold one value per channel: a 1-D tensor of {C} values (x.shape[{channel_dim}]) or a "
-            f"shape broadcasting to {tuple(x.shape)} along channel_dim {channel_dim} only, got shape {gs}")
-    if layer_scale.device != x.device:
-        raise ValueError(f"layer_scale is on {layer_scale.device} but the tensors are on {x.device}")
-    return rng.replicated_like(layer_scale, x).reshape(-1), cd
-
-
-def _ls_backend(be: Backend) -> Backend:
-    if be.residual_add_ls is None or be.sample_scale_ls is None:
-        raise ValueError(f"backend {be.name!r} has no LayerScale ops (layer_scale=...)")
-    return be
+def _same_backend(table, name: str):
+    """The entry of ``table`` with the name of the backend another family picked, else the reference."""
+    be = table.get(name)
+    return be if be is not None and be.available else table["reference"]
 
 
 def drop_path_add(
@@ -252,6 +118,7 @@ def drop_path_add(
     backend: str = "auto",
     layer_scale: Optional[torch.Tensor] = None,
     channel_dim: int = -1,
+    draw: str = "timm",
 ) -> torch.Tensor:
     """Fused stochastic depth and residual add: ``residual + drop_path(branch)`` in one pass.
 
@@ -284,6 +151,11 @@ def drop_path_add(
         channel_dim: the dim ``layer_scale`` scales (default -1: tokens
             ``[B, N, C]``; 1 for NCHW, contiguous or channels_last).  Must differ
             from ``sample_dim``.  Ignored without ``layer_scale``.
+        draw: how the keep decisions are drawn: "timm" (above: timm's and torchvision's stream) or "hf",
+            as Hugging Face transformers' models draw them (``floor(keep + torch.rand(n, dtype=...))`` in
+            the dropped tensor's dtype): the same samples as such a model under one seed.  Those models
+            then divide by ``keep`` where sdkernels multiplies by ``1 / keep`` (in fp32): the results
+            agree to rounding, not always bit for bit.
 
     The backward saves only the per-sample scale: ``grad_residual`` is
     ``grad_out`` itself and ``grad_branch`` is ``grad_out / (1 - p)`` on kept
@@ -300,7 +172,7 @@ def drop_path_add(
 
     in fp32 (fp64 when any tensor is fp64), output dtype
     ``promote_types(residual, branch, gamma)``.  The multiplier is the one
-    timm's mask holds (:func:`sdkernels.reference.keep_scale`) and the mask
+    timm's mask holds (:func:`sdkernels.dtypes.keep_scale`) and the mask
     is drawn in the dtype of ``branch * gamma`` as timm draws it, so with fp32
     tensors the result is bit for bit eager timm's ``x + drop_path(ls(y))``
     under one seed.  In eval or at ``p == 0`` the result is the eager
@@ -312,28 +184,58 @@ def drop_path_add(
     pass, deterministic (no atomics).  The backward saves the per-sample scale,
     gamma and, only when gamma requires grad, the branch.
     """
+    # Fast paths: plain tensors and the common arguments, checked inline; anything else (and every
+    # error) takes the full path below, which checks and raises.  In eager mode with the C++ ops, one
+    # call draws and applies (csrc/composite/draw.cpp: it checks every argument before it draws; on a
+    # bad one the full path runs and names it).
+    if (type(residual) in _PLAIN and type(branch) in _PLAIN and generator is None and backend == "auto"
+            and draw == "timm" and training and type(p) is float and p > 0.0 and (mode == "row" or mode == "batch")
+            and type(sample_dim) is int and rng.DATA_PARALLEL is None and not _is_compiling()):
+        try:
+            if layer_scale is None:
+                if (_FAST_ADD[0] if residual.is_cpu else (residual.is_cuda and _FAST_ADD[1])):
+                    return _ADD_DRAW(residual, branch, p, sample_dim, mode == "batch", scale_by_keep)
+            elif (type(layer_scale) in _PLAIN and layer_scale.dim() == 1 and type(channel_dim) is int
+                  and _fast_on(residual, _FAST_ADD_LS)):
+                return _ADD_LS_DRAW(residual, branch, layer_scale, p, sample_dim, channel_dim, mode == "batch",
+                                    scale_by_keep)
+        except RuntimeError:
+            pass
+    if (type(residual) in _PLAIN and type(branch) in _PLAIN and layer_scale is None and generator is None
+            and backend == "auto" and draw == "timm" and type(p) is float and 0.0 <= p <= 1.0
+            and (mode == "row" or mode == "batch") and type(sample_dim) is int and residual.dtype in FLOAT_DTYPES and branch.dtype in FLOAT_DTYPES
+            and -residual.dim() <= sample_dim < residual.dim() and residual.shape == branch.shape
+            and residual.device == branch.device):
+        if not training or p == 0.0:
+            return residual + branch
+        dim = sample_dim % residual.dim()
+        ddt, acc = drop_dtypes(residual.dtype, branch.dtype)
+        keep = rng.draw(branch, dim, p, mode, None, ddt)
+        be = CORE.auto(residual.device.type, residual.numel())
+        return be.ops["residual_add"](residual, branch, keep, dim, keep_scale(p, scale_by_keep, acc))
     proxy = _fx.first_proxy(residual, branch, layer_scale)
     if proxy is not None:  # torch.fx tracing: one leaf node
         return _fx.record(proxy, drop_path_add, (residual, branch, p), dict(
             training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
-            generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim))
-    dim = _check_common(residual, "residual", p, mode, sample_dim, backend, generator)
-    _check_branch(residual, branch)
-    be = pick_backend(backend, residual.device, residual.numel())
+            generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim, draw=draw))
+    dim = checks.check_call(residual, "residual", p, mode, sample_dim, backend, generator)
+    checks.check_branch(residual, branch)
+    checks.check_draw(draw)
     if layer_scale is not None:
-        gamma, cd = _check_layer_scale(layer_scale, branch, channel_dim, dim)
+        cd = checks.check_layer_scale(layer_scale, branch, channel_dim, dim)
+        gamma = rng.replicated_like(layer_scale, branch).reshape(-1)
         if not training or p == 0.0:
             return residual + branch * reference.layer_scale_view(gamma, branch.dim(), cd)
-        ddt, acc = reference.drop_dtypes(residual.dtype, branch.dtype, gamma.dtype)
-        keep = _draw(branch, dim, p, mode, generator, ddt)
-        alpha = reference.keep_scale(p, scale_by_keep, acc)
-        return _ls_backend(be).residual_add_ls(residual, branch, keep, gamma, dim, cd, alpha)
+        be = LAYER_SCALE.pick(backend, residual.device, residual.numel())
+        ddt, acc = drop_dtypes(residual.dtype, branch.dtype, gamma.dtype)
+        keep = rng.draw(branch, dim, p, mode, generator, _dropped(draw, ddt, branch, gamma), draw)
+        return be.ops["residual_add_ls"](residual, branch, keep, gamma, dim, cd, keep_scale(p, scale_by_keep, acc))
     if not training or p == 0.0:
         return residual + branch
-    ddt, acc = reference.drop_dtypes(residual.dtype, branch.dtype)
-    keep = _draw(branch, dim, p, mode, generator, ddt)
-    alpha = reference.keep_scale(p, scale_by_keep, acc)
-    return be.residual_add(residual, branch, keep, dim, alpha)
+    be = CORE.pick(backend, residual.device, residual.numel())
+    ddt, acc = drop_dtypes(residual.dtype, branch.dtype)
+    keep = rng.draw(branch, dim, p, mode, generator, _dropped(draw, ddt, branch), draw)
+    return be.ops["residual_add"](residual, branch, keep, dim, keep_scale(p, scale_by_keep, acc))
 
 
 def drop_path(
@@ -348,6 +250,7 @@ def drop_path(
     backend: str = "auto",
     layer_scale: Optional[torch.Tensor] = None,
     channel_dim: int = -1,
+    draw: str = "timm",
 ) -> torch.Tensor:
     """Stochastic depth without the residual add (timm's ``drop_path``), one fused pass.
 
@@ -358,26 +261,390 @@ def drop_path(
     With ``layer_scale``: ``drop_path(x * gamma_view)`` fused, ``(x * gamma[c]) /
     (1 - p)`` for kept samples, in ``promote_types(x, gamma)``; in eval or at
     ``p == 0`` it returns ``x * gamma_view`` (the eager expression), not ``x``.
+    ``draw="hf"`` draws as Hugging Face transformers' models do (see :func:`drop_path_add`).
     """
+    if (type(x) in _PLAIN and layer_scale is None and generator is None and backend == "auto" and draw == "timm"
+            and training and type(p) is float and p > 0.0 and (mode == "row" or mode == "batch")
+            and type(sample_dim) is int and rng.DATA_PARALLEL is None and not _is_compiling()
+            and (_FAST_SCALE[0] if x.is_cpu else (x.is_cuda and _FAST_SCALE[1]))):
+        try:  # fast path, as in drop_path_add
+            return _SCALE_DRAW(x, p, sample_dim, mode == "batch", scale_by_keep)
+        except RuntimeError:
+            pass
+    if (type(x) in _PLAIN and layer_scale is None and generator is None and backend == "auto" and draw == "timm"
+            and type(p) is float
+            and 0.0 <= p <= 1.0 and (mode == "row" or mode == "batch") and type(sample_dim) is int
+            and x.dtype in FLOAT_DTYPES and -x.dim() <= sample_dim < x.dim()):  # fast path, as in drop_path_add
+        if not training or p == 0.0:
+            return x
+        dim = sample_dim % x.dim()
+        keep = rng.draw(x, dim, p, mode, None)
+        be = CORE.auto(x.device.type, x.numel())
+        return be.ops["sample_scale"](x, keep, dim, keep_scale(p, scale_by_keep, acc_dtype(x.dtype)), None)
     proxy = _fx.first_proxy(x, layer_scale)
     if proxy is not None:  # torch.fx tracing: one leaf node
         return _fx.record(proxy, drop_path, (x, p), dict(
             training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
-            generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim))
-    dim = _check_common(x, "x", p, mode, sample_dim, backend, generator)
-    be = pick_backend(backend, x.device, x.numel())
+            generator=generator, backend=backend, layer_scale=layer_scale, channel_dim=channel_dim, draw=draw))
+    dim = checks.check_call(x, "x", p, mode, sample_dim, backend, generator)
+    checks.check_draw(draw)
     if layer_scale is not None:
-        gamma, cd = _check_layer_scale(layer_scale, x, channel_dim, dim)
+        cd = checks.check_layer_scale(layer_scale, x, channel_dim, dim)
+        gamma = rng.replicated_like(layer_scale, x).reshape(-1)
         if not training or p == 0.0:
             return x * reference.layer_scale_view(gamma, x.dim(), cd)
-        ddt, acc = reference.drop_dtypes(x.dtype, x.dtype, gamma.dtype)
-        keep = _draw(x, dim, p, mode, generator, ddt)
-        alpha = reference.keep_scale(p, scale_by_keep, acc)
-        return _ls_backend(be).sample_scale_ls(x, keep, gamma, dim, cd, alpha, None)
+        be = LAYER_SCALE.pick(backend, x.device, x.numel())
+        ddt, acc = drop_dtypes(x.dtype, x.dtype, gamma.dtype)
+        keep = rng.draw(x, dim, p, mode, generator, _dropped(draw, ddt, x, gamma), draw)
+        return be.ops["sample_scale_ls"](x, keep, gamma, dim, cd, keep_scale(p, scale_by_keep, acc), None)
     if not training or p == 0.0:
         return x
-    keep = _draw(x, dim, p, mode, generator)
-    return be.sample_scale(x, keep, dim, reference.keep_scale(p, scale_by_keep, reference.acc_dtype(x.dtype)), None)
+    be = CORE.pick(backend, x.device, x.numel())
+    keep = rng.draw(x, dim, p, mode, generator, None, draw)
+    return be.ops["sample_scale"](x, keep, dim, keep_scale(p, scale_by_keep, acc_dtype(x.dtype)), None)
+
+
+def drop_path_add_norm(
+    residual: torch.Tensor,
+    branch: torch.Tensor,
+    p: float,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    norm: str = "layer",
+    training: bool = True,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    layer_scale: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fused drop path + residual add + LayerNorm / RMSNorm: returns ``(x, h)`` in one pass.
+
+    ``x = residual + drop_path(branch * layer_scale)`` and ``h = norm(x)`` over the last
+    dim ``H``, as a pre-norm block needs them (``x = x + drop_path(attn(norm1(x)));
+    h = norm2(x)``)::
+
+        x[s] = residual[s] + (branch[s] * layer_scale) * m[s]   kept sample s, m[s] = 1 / (1 - p)
+        x[s] = residual[s]                                     dropped sample s (branch[s] never read)
+        h    = F.layer_norm(x, (H,), weight, bias, eps)        norm="layer"
+        h    = F.rms_norm(x, (H,), weight, eps) + bias         norm="rms" (bias usually None)
+
+    ``x`` is exactly :func:`sdkernels.drop_path_add` (same draws under one seed, same
+    dtype rule, same bits, unless an fp64 weight, bias or ``out_dtype`` with narrower
+    activations raises the math to fp64, when x is computed in fp64 and rounded once;
+    with ``layer_scale`` each multiply and the add are rounded separately in fp32, as eager ``x + drop_path(branch * gamma)`` computes them in fp32).
+    ``h`` is the norm of ``x`` *as stored* (after its rounding to x's dtype), statistics in
+    fp32 (fp64 for fp64 inputs), rounded once: exactly the norm of the residual the next
+    block reads.
+
+    Args:
+        residual: the residual stream, at least 2 dims, the last one normalised.
+        branch: the branch output, residual's shape and device; its dtype may differ
+            (autocast: fp32 residual, bf16 branch), each is read in its own dtype.
+        p: drop probability in [0, 1].  ``p == 1``: ``x`` equals residual and branch gets
+            zero gradients.
+        weight, bias: the norm's affine parameters, shape ``(H,)``, any float dtype, or
+            None.  Parameters owned by another module (a timm block's ``norm2``) work and
+            get their gradients.
+        eps: added to the variance (mean square for RMS), >= 0.
+        norm: "layer" (LayerNorm) or "rms" (RMSNorm).
+        training: False (or ``p == 0``): ``x = residual + branch`` (``residual + branch *
+            layer_scale``, the product rounded to its own dtype as eager computes it), no
+            random numbers consumed; ``h = norm(x)`` as above.
+        mode, scale_by_keep, sample_dim, generator: as in :func:`sdkernels.drop_path_add`
+            (``sample_dim`` may be any dim but the last: 0 for ``[B, N, H]``, 1 for seq-first
+            ``[S, B, H]``).
+        layer_scale: LayerScale's ``gamma``, shape ``(H,)``, any float dtype, or None; it joins
+            x's dtype rule (``promote_types(residual, branch, layer_scale)``).
+        out_dtype: h's dtype (default x's).  ``torch.bfloat16`` writes the half-width
+            input the next bf16 matmul reads anyway (under autocast x is fp32).
+        backend: "auto" (the compiled kernel for the device, else the reference),
+            "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        ``(x, h)``: x of residual's shape in the promoted dtype (residual's memory layout
+        when its last dim is contiguous), h of the same shape and strides in ``out_dtype``.
+
+    Backward: gradients for residual, branch, weight, bias and layer_scale, with the
+    gradient arriving on ``x`` (the residual stream continues) added in.  The parameter
+    gradients are reduced from fixed per-chunk fp32 partials in a fixed order: the same
+    seed gives the same bits.  Double backward works (through differentiable PyTorch ops).
+    """
+    if (type(residual) in _PLAIN and type(branch) in _PLAIN and _plain_param(weight, residual)
+            and _plain_param(bias, residual) and layer_scale is None and generator is None and backend == "auto"
+            and out_dtype is None and training and type(p) is float and 0.0 < p <= 1.0
+            and (mode == "row" or mode == "batch") and (norm == "layer" or norm == "rms") and type(eps) is float
+            and 0.0 <= eps < math.inf and type(sample_dim) is int and residual.dim() >= 2
+            and -residual.dim() <= sample_dim < residual.dim() - 1 and residual.dtype in FLOAT_DTYPES
+            and branch.dtype in FLOAT_DTYPES and residual.shape == branch.shape and residual.device == branch.device
+            and (sample_dim >= 0 or sample_dim % residual.dim() != residual.dim() - 1)):
+        # Fast path (the full path's checks inline; anything else takes the full path, which names the
+        # argument), drawing and applying as below.
+        dim = sample_dim % residual.dim()
+        ddt, acc = drop_dtypes(residual.dtype, branch.dtype)
+        keep = rng.draw(branch, dim, p, mode, None, ddt)
+        be = ADD_NORM.auto(residual.device.type, residual.numel())
+        out = be.ops["add_norm"](residual, branch, keep, weight, bias, None, dim, keep_scale(p, scale_by_keep, acc),
+                                 eps, norm == "rms", None)
+        return out[0], out[1]
+    proxy = _fx.first_proxy(residual, branch, weight, bias, layer_scale)
+    if proxy is not None:  # torch.fx tracing: one leaf node
+        return _fx.record(proxy, drop_path_add_norm, (residual, branch, p, weight, bias, eps), dict(
+            norm=norm, training=training, mode=mode, scale_by_keep=scale_by_keep, sample_dim=sample_dim,
+            layer_scale=layer_scale, generator=generator, out_dtype=out_dtype, backend=backend))
+    dim = checks.check_call(residual, "residual", p, mode, sample_dim, backend, generator)
+    checks.check_branch(residual, branch)
+    checks.check_norm(norm)
+    checks.check_norm_input(residual, dim, sample_dim)
+    H = residual.shape[-1]
+    for t, name in ((weight, "weight"), (bias, "bias"), (layer_scale, "layer_scale")):
+        checks.check_norm_param(t, name, H, residual.device)
+    weight, bias, layer_scale = (rng.replicated_like(t, residual) for t in (weight, bias, layer_scale))
+    checks.check_eps(eps)
+    checks.check_out_dtype(out_dtype)
+    be = ADD_NORM.pick(backend, residual.device, residual.numel())
+    rms = norm == "rms"
+    if not training or p == 0.0:
+        if layer_scale is not None:
+            branch = branch * layer_scale  # eager's rounding of the product
+        keep = rng.replicated_like(torch.ones(1, dtype=draw_dtype(branch.dtype), device=residual.device), residual)
+        out = be.ops["add_norm"](residual, branch, keep, weight, bias, None, dim, 1.0, float(eps), rms, out_dtype)
+    else:
+        # The draw and the multiplier of drop_path_add (with LayerScale: in the dtype of branch * gamma),
+        # so x is drop_path_add's x bit for bit.
+        ddt, acc = drop_dtypes(residual.dtype, branch.dtype, opt_dtype(layer_scale))
+        keep = rng.draw(branch, dim, p, mode, generator, ddt)
+        alpha = keep_scale(p, scale_by_keep, acc)
+        out = be.ops["add_norm"](residual, branch, keep, weight, bias, layer_scale, dim, alpha, float(eps), rms, out_dtype)
+    return out[0], out[1]
+
+
+_warned_realised_rate = False
+
+
+def kept_count(n: int, p: float) -> int:
+    """Samples kept by count "fixed": ``floor(n * (1 - p) + 0.5)`` (round half up), at least 1 when ``p < 1``.
+
+    ``p`` is taken as the decimal it is written as (a tiny epsilon absorbs
+    binary rounding, so ``kept_count(5, 0.9) == 1``).
+    """
+    if p >= 1.0 or n == 0:
+        return 0
+    k = int(math.floor(n * (1.0 - p) + 0.5 + 1e-9))
+    return min(n, max(1, k))
+
+
+def _warn_realised_rate(n: int, p: float, k: int) -> None:
+    global _warned_realised_rate
+    if _warned_realised_rate:
+        return
+    if torch.compiler.is_compiling():
+        return
+    realised = 1.0 - k / n
+    if abs(realised - p) > REALISED_RATE_WARN:
+        _warned_realised_rate = True
+        warnings.warn(
+            f"sdkernels.drop_path_residual: count='fixed' keeps k={k} of n={n} samples, a realised drop rate "
+            f"of {realised:.3f} for p={p} (|difference| > {REALISED_RATE_WARN}). Use count='bernoulli' for "
+            f"timm's distribution, or a larger batch. (Warned once per process.)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+try:
+    from torch.fx.experimental.symbolic_shapes import guard_or_false as _guard_or_false
+except ImportError:  # older torch
+    _guard_or_false = None
+
+
+def _known_zero(n) -> bool:
+    """``n == 0`` for an int; for a symbolic size, only when that is known without a data-dependent guard
+    (a sample count from ``x[mask]`` under ``torch.compile`` must not break the graph)."""
+    if not _is_compiling() and type(n) is int:  # eager: a plain int (dynamo sees a traced size as an int too)
+        return n == 0
+    if _guard_or_false is not None:
+        return _guard_or_false(n == 0)
+    return type(n) is int and n == 0
+
+
+def _call_branch(fn, xs: torch.Tensor) -> torch.Tensor:
+    y = fn(xs)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"fn must return a torch.Tensor, got {type(y).__name__}")
+    if y.shape != xs.shape:
+        raise ValueError(
+            f"fn must return its input's shape {tuple(xs.shape)} (a residual branch), got {tuple(y.shape)}"
+        )
+    return y
+
+
+def drop_path_residual(
+    x: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    p: float,
+    *,
+    training: bool = True,
+    mode: str = "row",
+    count: str = "fixed",
+    scale_by_keep: bool = True,
+    sample_dim: int = 0,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "auto",
+    layer_scale: Optional[torch.Tensor] = None,
+    channel_dim: int = -1,
+) -> torch.Tensor:
+    """``x + drop_path(fn(x))`` computing ``fn`` on the kept samples only.
+
+    A stochastic-depth residual block that skips the branch's compute for
+    dropped samples: the kept samples ``idx`` are gathered, ``fn`` runs once on
+    them, and one fused pass writes ``out = x`` with
+    ``out[idx[j]] += fn(x[idx])[j] * alpha`` (``sdkernels::scaled_index_add``;
+    no atomics, dropped samples are a copy of ``x``).
+
+    Args:
+        x: the residual stream, ``ndim >= 1``, samples along ``sample_dim``.
+        fn: the branch, called as ``fn(x_kept)``.  It must return its input's
+            shape.  Its dtype may differ from x's as under autocast (fp32 ``x``,
+            bf16 ``fn(x)``): the result is ``torch.promote_types`` of the two and
+            the math is fp32 (the core op's mixed-dtype rule).
+        p: drop probability in [0, 1].
+        training: when False, or at ``p == 0``, returns ``x + fn(x)`` with ``fn``
+            run on the whole input (no random numbers consumed).
+        mode: "row" (per-sample decisions) or "batch" (one decision for all).
+        count: for mode "row", how many samples are kept:
+
+            * ``"fixed"``: exactly ``k = floor(n * (1 - p) + 0.5)`` (round half up;
+              at least 1 when ``p < 1``; see :func:`kept_count`), chosen uniformly
+              at random with ``torch.randperm`` on x's device, scaled by ``n / k``.
+              No host synchronisation and static shapes: it works under
+              ``torch.compile(fullgraph=True)`` and CUDA graphs when
+              ``generator`` is None.  **The realised drop rate is ``1 - k/n``, not
+              ``p``**: at ``n == 1`` nothing is ever dropped, at ``n = 8, p = 0.3``
+              the rate is 0.25.  A ``UserWarning`` is issued once per process when
+              the two differ by more than 0.1.
+            * ``"bernoulli"``: each sample kept with probability ``1 - p`` (timm's
+              distribution, scale ``1 / (1 - p)``), drawn as
+              :func:`sdkernels.reference.draw_keep` does, so the same seed keeps the
+              same samples as timm and :func:`sdkernels.drop_path_add`.  The kept
+              count is needed on the host: **one device synchronisation per call**
+              (``nonzero``), and a data-dependent shape under ``torch.compile``.
+
+            Ignored for mode "batch" (but must be valid).
+        scale_by_keep: scale the kept samples (by ``n / k``, ``1 / (1 - p)``), so
+            ``E[out] = x + fn(x)`` for a branch that acts per sample.
+        sample_dim: the dim that indexes samples (1 for seq-first ``[S, B, H]``).
+        generator: optional ``torch.Generator`` for the draws (on x's device for
+            mode "row"; for mode "batch" see below).  An explicit generator cannot
+            be traced by ``torch.compile``.
+        backend: "auto" (the compiled kernel for x's device, else the
+            reference), "reference" (``index_select`` / ``index_add`` in plain
+            torch), "cpu", "cuda" or "triton".
+        layer_scale, channel_dim: LayerScale, as in
+            :func:`sdkernels.drop_path_add`: ``x + drop_path(gamma * fn(x))``.
+            Composed, not fused: the kept samples' ``fn`` output is multiplied
+            by ``gamma`` (one pass over the k kept samples, in
+            ``promote_types(fn(x), gamma)``), then added by the fused scaled
+            index-add; in eval it is ``x + fn(x) * gamma_view``.
+
+    Mode "batch": one decision for the whole batch, kept with probability
+    ``1 - p``, drawn **on the host** from ``generator`` (the default CPU
+    generator when None; pass a CPU generator — a CUDA one costs a device
+    sync).  A kept batch returns ``x + fn(x) / (1 - p)`` (fused add).  **A dropped
+    batch does not call fn and returns x itself** (the same tensor object, not a
+    copy; its gradient flows straight to x, and its dtype is x's even when fn
+    would have returned a wider one).  The decision is made in Python, so it
+    is **frozen into a captured CUDA graph** (every replay repeats the capture's
+    choice) and breaks a ``torch.compile`` graph.  Under
+    ``DistributedDataParallel`` every rank must take the same decision: seed
+    the generator (or torch's default CPU generator) alike on every rank.  A
+    dropped batch leaves fn's parameters unused in that step, so DDP needs
+    ``find_unused_parameters=True``.
+
+    Calls and gradients: ``fn`` is called exactly once per call, on the kept
+    samples (in eval or at ``p == 0`` on the whole input), never on an empty
+    batch: when nothing is kept (``p == 1``, a dropped batch, an all-dropped
+    bernoulli draw, or an ``x`` with no samples, in any mode and in eval too)
+    fn is not called and ``x`` itself is returned (no random numbers drawn for
+    an ``x`` with no samples; under ``torch.compile`` a sample count known
+    only at run time, e.g. from ``x[mask]``, is not tested for zero in eval,
+    so fn may then see an empty batch rather than the graph break).  Gradients
+    reach x and fn's parameters exactly as in the full computation
+    ``x + mask * fn(x) * alpha`` with the same kept set, provided fn acts on
+    each sample independently.  **A branch whose output for one sample
+    depends on the others differs**: BatchNorm in training mode normalises with
+    the kept samples' statistics (and updates its running stats from them
+    only), as does anything that mixes samples (batch-wise attention, MoE
+    capacity limits).
+
+    Returns:
+        Tensor of x's shape, dtype ``promote_types(x.dtype, fn(x).dtype)`` (or
+        ``x`` itself when nothing is kept).
+    """
+    proxy = _fx.first_proxy(x, layer_scale)
+    if proxy is not None:  # torch.fx tracing: one leaf node, fn recorded as the submodule it is
+        return _fx.record(proxy, drop_path_residual, (x,), dict(
+            fn=fn, p=p, training=training, mode=mode, count=count, scale_by_keep=scale_by_keep,
+            sample_dim=sample_dim, generator=generator, backend=backend, layer_scale=layer_scale,
+            channel_dim=channel_dim), modules=("fn",))
+    dim = checks.check_call(x, "x", p, mode, sample_dim, backend, generator)
+    gamma, cd = None, -1
+    if layer_scale is not None:
+        cd = checks.check_layer_scale(layer_scale, x, channel_dim, dim)
+        gamma = rng.replicated_like(layer_scale, x).reshape(-1)
+
+    def branch(xs):  # fn, then LayerScale when given
+        y = _call_branch(fn, xs)
+        return y if gamma is None else y * reference.layer_scale_view(gamma, y.dim(), cd)
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    checks.check_count(count)
+    if not isinstance(training, bool):
+        training = bool(training)
+    be = SKIP.pick(backend, x.device, x.numel())
+    n = x.shape[dim]
+    if _known_zero(n):  # no samples: fn is never called on an empty batch
+        return x
+    if not training or p == 0.0:
+        return x + branch(x)
+    if mode == "batch":
+        if not rng.batch_decision(p, generator, like=x):
+            return x
+        scale = rng.replicated_like(torch.ones(1, dtype=torch.float32, device=x.device), x)
+        y = _call_branch(fn, x)
+        alpha = keep_scale(p, scale_by_keep, drop_dtypes(x.dtype, y.dtype, opt_dtype(gamma))[1])
+        if gamma is not None:  # the fused LayerScale op of drop_path_add, with its multiplier
+            return _same_backend(LAYER_SCALE, be.name).ops["residual_add_ls"](x, y, scale, gamma, dim, cd, alpha)
+        return _same_backend(CORE, be.name).ops["residual_add"](x, y, scale, dim, alpha)
+    if count == "fixed":
+        k = kept_count(n, p)
+        if k == 0:
+            return x
+        _warn_realised_rate(n, p, k)
+        index = rng.fixed_subset(x, n, k, generator)
+        alpha = n / k if scale_by_keep else 1.0
+    else:
+        keep = rng.draw(x, dim, p, "row", generator)
+        dtensor = rng.is_dtensor(keep)
+        index = (keep.to_local() if dtensor else keep).nonzero().squeeze(1)
+        if index.numel() == 0:  # host sync
+            return x
+        if dtensor:  # the mask is replicated and agreed on: so is its index
+            index = rng.replicated_agreed(index, keep)
+        alpha = None  # 1/(1-p) as the math dtype holds it, once fn's output dtype is known
+    if be.ops["split"] is not None and x.requires_grad and torch.is_grad_enabled():
+        residual, xs = be.ops["split"].apply(x, index, dim)
+    else:
+        residual, xs = x, be.ops["gather"](x, index, dim)
+    y = branch(xs)
+    if alpha is None:
+        alpha = keep_scale(p, scale_by_keep, drop_dtypes(x.dtype, y.dtype)[1])
+    return be.ops["index_add"](residual, y, index, dim, alpha)
 
 
 def drop_path_rates(rate: float, depth: int):
@@ -395,14 +662,3 @@ def drop_path_rates(rate: float, depth: int):
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
     return reference.drop_path_rates(float(rate), depth)
-
-
-# ---- Triton backend (issue 3): registers itself when Triton imports -------
-# Any failure (Triton missing, or a Triton/torch mismatch) leaves the backend
-# out; `import sdkernels` never breaks on it.
-try:
-    from . import triton_ops as _triton_ops  # noqa: F401,E402
-except Exception as _e:  # noqa: BLE001
-    TRITON_IMPORT_ERROR: Optional[BaseException] = _e
-else:
-    TRITON_IMPORT_ERROR = None

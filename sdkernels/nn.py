@@ -1,4 +1,6 @@
-"""Drop-in modules: timm's ``DropPath``, torchvision's ``StochasticDepth``, and the fused ``DropPathAdd``."""
+"""The modules: timm's ``DropPath`` and torchvision's ``StochasticDepth`` twins, the fused ``DropPathAdd`` and
+``DropPathAddNorm``, and the skip path's ``StochasticResidual``.  Each ``forward`` calls the function of
+:mod:`sdkernels.functional` with the module's attributes."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,13 +8,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import functional as F
-from ._fx import NotScriptable as _NotScriptable
+from . import checks, functional as F
+from ._fx import NotScriptable
 
-__all__ = ["DropPath", "StochasticDepth", "DropPathAdd"]
+__all__ = ["DropPath", "StochasticDepth", "DropPathAdd", "DropPathAddNorm", "StochasticResidual"]
 
 
-class DropPath(_NotScriptable, nn.Module):
+class DropPath(NotScriptable, nn.Module):
     """Drop paths per sample (stochastic depth), with timm's signature and train/eval behaviour.
 
     ``forward(x)`` returns ``x`` in eval mode or at ``drop_prob == 0``, else
@@ -35,14 +37,7 @@ class DropPath(_NotScriptable, nn.Module):
         return f"drop_prob={round(self.drop_prob, 3):0.3f}"
 
 
-def _tv_check(p, mode):
-    if p < 0.0 or p > 1.0:
-        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
-    if mode not in ["batch", "row"]:
-        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
-
-
-class StochasticDepth(_NotScriptable, nn.Module):
+class StochasticDepth(NotScriptable, nn.Module):
     """torchvision's ``StochasticDepth(p, mode)``: randomly drop rows ("row") or the whole batch ("batch").
 
     Raises torchvision's ``ValueError`` messages for a bad ``p`` or ``mode``
@@ -51,26 +46,26 @@ class StochasticDepth(_NotScriptable, nn.Module):
 
     def __init__(self, p: float, mode: str, *, backend: str = "auto") -> None:
         super().__init__()
-        _tv_check(p, mode)
+        checks.check_torchvision_args(p, mode)
         self.p = p
         self.mode = mode
         self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _tv_check(self.p, self.mode)
+        checks.check_torchvision_args(self.p, self.mode)
         return F.drop_path(input, self.p, training=self.training, mode=self.mode, backend=self.backend)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
 
 
-class DropPathAdd(_NotScriptable, nn.Module):
+class DropPathAdd(NotScriptable, nn.Module):
     """``forward(residual, branch) = residual + drop_path(branch)``, fused in one pass.
 
     Replace ``x = x + self.drop_path(self.mlp(x))`` by
     ``x = self.drop_path_add(x, self.mlp(x))``.  See :func:`sdkernels.drop_path_add`.
 
-    LayerScale (issue 13): with ``layer_scale_dim=C`` the module owns ``gamma``,
+    LayerScale: with ``layer_scale_dim=C`` the module owns ``gamma``,
     an ``nn.Parameter`` of ``C`` values filled with ``init_values`` (timm's
     ``LayerScale``), and computes ``residual + drop_path(gamma * branch)`` in the
     same single pass (``x + drop_path(ls(y))`` of DeiT III, CaiT, EVA, ConvNeXt),
@@ -83,7 +78,7 @@ class DropPathAdd(_NotScriptable, nn.Module):
                  backend: str = "auto", layer_scale_dim: Optional[int] = None, init_values: float = 1e-5,
                  channel_dim: int = -1):
         super().__init__()
-        F._check_module_rate_and_mode(p, mode)
+        checks.check_module_args(p, mode)
         self.p = p
         self.mode = mode
         self.scale_by_keep = scale_by_keep
@@ -91,7 +86,7 @@ class DropPathAdd(_NotScriptable, nn.Module):
         self.backend = backend
         self.channel_dim = channel_dim
         if layer_scale_dim is None:
-            self.register_parameter("gamma", None)  # not in the state_dict
+            self.gamma = None  # a plain attribute: not in the state_dict, and read without Module.__getattr__
         else:
             if isinstance(layer_scale_dim, bool) or not isinstance(layer_scale_dim, int) or layer_scale_dim < 1:
                 raise ValueError(f"layer_scale_dim must be a positive int or None, got {layer_scale_dim!r}")
@@ -118,17 +113,7 @@ class DropPathAdd(_NotScriptable, nn.Module):
         return s
 
 
-# ---- skip path (issue 5): branch run on kept samples only ------------------
-from .skip import StochasticResidual  # noqa: E402
-
-__all__ += ["StochasticResidual"]
-
-
-# ---- add + norm (issue 14): drop path + residual add + LayerNorm / RMSNorm ------
-from . import add_norm as _add_norm  # noqa: E402
-
-
-class DropPathAddNorm(nn.Module):
+class DropPathAddNorm(NotScriptable, nn.Module):
     """``forward(residual, branch) -> (x, h)``: ``x = residual + drop_path(branch)``, ``h = norm(x)``, fused.
 
     The first residual add of a pre-norm block and the norm after it
@@ -158,19 +143,16 @@ class DropPathAddNorm(nn.Module):
                  elementwise_affine: bool = True, bias=None, mode: str = "row", scale_by_keep: bool = True,
                  sample_dim: int = 0, backend: str = "auto", device=None, dtype=None):
         super().__init__()
-        F._check_module_rate_and_mode(p, mode)
-        if norm not in _add_norm.NORMS:
-            raise ValueError(f"norm must be one of {_add_norm.NORMS}, got {norm!r}")
-        if isinstance(normalized_shape, int):
-            normalized_shape = (normalized_shape,)
-        normalized_shape = tuple(normalized_shape)
-        if len(normalized_shape) != 1 or not isinstance(normalized_shape[0], int) or normalized_shape[0] < 1:
-            raise ValueError(f"normalized_shape must be one positive int (the last dim), got {normalized_shape}")
+        checks.check_module_args(p, mode)
+        checks.check_norm(norm)
+        normalized_shape = checks.check_normalized_shape(normalized_shape)
+        checks.check_eps(eps)
+        checks.check_param_dtype(dtype)
         if bias is None:
             bias = elementwise_affine and norm == "layer"
         if bias and not elementwise_affine:
             raise ValueError("bias=True needs elementwise_affine=True")
-        F.check_backend_name(backend)
+        checks.check_backend_name(backend)
         self.normalized_shape = normalized_shape
         self.p = p
         self.eps = eps
@@ -189,7 +171,7 @@ class DropPathAddNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, residual: torch.Tensor, branch: torch.Tensor, layer_scale=None):
-        return _add_norm.drop_path_add_norm(
+        return F.drop_path_add_norm(
             residual, branch, self.p, self.weight, self.bias, self.eps, norm=self.norm, training=self.training,
             mode=self.mode, scale_by_keep=self.scale_by_keep, sample_dim=self.sample_dim, layer_scale=layer_scale,
             backend=self.backend)
@@ -199,4 +181,62 @@ class DropPathAddNorm(nn.Module):
                 f"elementwise_affine={self.elementwise_affine}, mode={self.mode!r}, sample_dim={self.sample_dim}")
 
 
-__all__ += ["DropPathAddNorm"]
+class StochasticResidual(NotScriptable, nn.Module):
+    """``forward(x) = x + drop_path(branch(x))`` with ``branch`` run on the kept samples only.
+
+    A residual block with stochastic depth that saves the dropped samples'
+    compute (DINOv2-style subset residual, fused).  Wrap each residual
+    branch: ``x = StochasticResidual(nn.Sequential(norm, attn), p)(x)``.
+    See :func:`sdkernels.drop_path_residual` for every argument and caveat: the realised
+    drop rate of count "fixed" is ``1 - k/n`` (warned once when it differs
+    from ``p`` by more than 0.1), count "bernoulli" costs one host sync per
+    call, mode "batch" returns ``x`` itself for a dropped batch, freezes its
+    decision into a captured CUDA graph and needs
+    ``find_unused_parameters=True`` under DDP (with ranks seeded alike), and a
+    branch with BatchNorm in training mode sees only the kept samples.
+
+    In eval mode (or ``p == 0``) ``forward(x) = x + branch(x)``.
+
+    Args:
+        branch: the residual branch (any callable module returning x's shape).
+        p: drop probability in [0, 1].
+        mode, count, scale_by_keep, sample_dim, generator, backend: as in
+            :func:`sdkernels.drop_path_residual`.
+    """
+
+    def __init__(
+        self,
+        branch: nn.Module,
+        p: float = 0.0,
+        mode: str = "row",
+        count: str = "fixed",
+        scale_by_keep: bool = True,
+        sample_dim: int = 0,
+        generator: Optional[torch.Generator] = None,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        checks.check_module_args(p, mode)
+        checks.check_count(count)
+        checks.check_backend_name(backend)
+        self.branch = branch
+        self.p = p
+        self.mode = mode
+        self.count = count
+        self.scale_by_keep = scale_by_keep
+        self.sample_dim = sample_dim
+        self.generator = generator
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.drop_path_residual(
+            x, self.branch, self.p, training=self.training, mode=self.mode, count=self.count,
+            scale_by_keep=self.scale_by_keep, sample_dim=self.sample_dim, generator=self.generator,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"p={self.p}, mode={self.mode!r}, count={self.count!r}, scale_by_keep={self.scale_by_keep}, "
+            f"sample_dim={self.sample_dim}"
+        )

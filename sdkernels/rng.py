@@ -57,10 +57,12 @@ import torch
 from . import reference
 
 __all__ = ["draw", "fixed_subset", "batch_decision", "set_data_parallel_draws", "data_parallel_draws",
-           "checkpoint_context_fn", "is_dtensor"]
+           "checkpoint_context_fn", "is_dtensor", "replicated_like", "replicated_agreed", "data_parallel"]
 
 # (rank, world_size) of the data-parallel group when replicas decorrelate their draws, else None.
-_DATA_PARALLEL: Optional[Tuple[int, int]] = None
+#: ``(rank, world_size)`` of the data-parallel group while :func:`set_data_parallel_draws` is in force, else
+#: None.  Read it; change it only through :func:`set_data_parallel_draws` / :func:`data_parallel_draws`.
+DATA_PARALLEL: Optional[Tuple[int, int]] = None
 
 
 def set_data_parallel_draws(rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
@@ -72,9 +74,9 @@ def set_data_parallel_draws(rank: Optional[int] = None, world_size: Optional[int
     Every rank must still be seeded alike.  ``rank`` may be a ``torch.distributed.ProcessGroup``,
     whose rank and size are then used.
     """
-    global _DATA_PARALLEL
+    global DATA_PARALLEL
     if rank is None and world_size is None:
-        _DATA_PARALLEL = None
+        DATA_PARALLEL = None
         return
     if world_size is None and rank is not None and not isinstance(rank, int):
         import torch.distributed as dist
@@ -85,19 +87,19 @@ def set_data_parallel_draws(rank: Optional[int] = None, world_size: Optional[int
         raise TypeError(f"rank and world_size must be ints (or rank a ProcessGroup), got {rank!r}, {world_size!r}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    _DATA_PARALLEL = (rank, world_size)
+    DATA_PARALLEL = (rank, world_size)
 
 
 @contextlib.contextmanager
 def data_parallel_draws(rank: Optional[int], world_size: Optional[int] = None):
     """:func:`set_data_parallel_draws` for the duration of a ``with`` block (the previous setting after)."""
-    global _DATA_PARALLEL
-    old = _DATA_PARALLEL
+    global DATA_PARALLEL
+    old = DATA_PARALLEL
     set_data_parallel_draws(rank, world_size)
     try:
         yield
     finally:
-        _DATA_PARALLEL = old
+        DATA_PARALLEL = old
 
 
 # ---- DTensor ------------------------------------------------------------------------------------
@@ -134,10 +136,10 @@ def _replicated(local: torch.Tensor, like) -> torch.Tensor:
     for d in range(mesh.ndim):
         if mesh.size(d) > 1:
             local = funcol.broadcast(local.contiguous(), 0, (mesh, d))
-    return _replicated_agreed(local, like)
+    return replicated_agreed(local, like)
 
 
-def _replicated_agreed(local: torch.Tensor, like) -> torch.Tensor:
+def replicated_agreed(local: torch.Tensor, like) -> torch.Tensor:
     """``local`` (already equal on every rank) as a replicated DTensor on ``like``'s mesh, no communication."""
     from torch.distributed.tensor import DTensor, Replicate
 
@@ -151,7 +153,7 @@ def replicated_like(t: Optional[torch.Tensor], like: torch.Tensor) -> Optional[t
     rank under the contract).  ``t`` itself when it is None, already a DTensor, or ``like`` is not one."""
     if t is None or not is_dtensor(like) or is_dtensor(t):
         return t
-    return _replicated_agreed(t, like)
+    return replicated_agreed(t, like)
 
 
 # ---- explicit generators under activation checkpointing --------------------------------------------
@@ -242,8 +244,16 @@ def checkpoint_context_fn(*generators: torch.Generator):
 
 # ---- the draws ----------------------------------------------------------------------------------------
 
+def data_parallel() -> Optional[Tuple[int, int]]:
+    """``(rank, world_size)`` set by :func:`set_data_parallel_draws`, or None (every rank draws alike)."""
+    return DATA_PARALLEL
+
+
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
+
+
 def draw(x: torch.Tensor, dim: int, p: float, mode: str, generator: Optional[torch.Generator],
-         dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+         dtype: Optional[torch.dtype] = None, rule: str = "timm") -> torch.Tensor:
     """The keep mask for the samples of ``x`` along ``dim``.
 
     One value per sample (mode "row") or one for all ("batch"), zeros and ones in float32 (float64
@@ -251,17 +261,29 @@ def draw(x: torch.Tensor, dim: int, p: float, mode: str, generator: Optional[tor
     dtype of ``branch * gamma``).  A DTensor ``x`` gets a replicated DTensor mask over its global
     sample count; with :func:`set_data_parallel_draws` a plain ``x`` gets its slice of the global
     batch's draw.
+
+    ``rule`` "timm" draws as timm and torchvision do (:func:`sdkernels.reference.draw_keep`); "hf" as
+    Hugging Face transformers' models do (:func:`sdkernels.reference.draw_keep_hf`: ``torch.rand`` in the
+    dropped tensor's own dtype ``dtype``, then ``floor(keep + r)``), another stream with the same
+    distribution.
     """
-    _check_generator(generator)
+    if generator is not None:
+        _check_generator(generator)
     n = x.shape[dim] if mode == "row" else 1
-    dtype = reference.draw_dtype(x.dtype if dtype is None else dtype)
+    dropped = x.dtype if dtype is None else dtype
+    dtype = reference.draw_dtype(dropped)
+    if rule == "timm" and type(x) in _PLAIN and DATA_PARALLEL is None:  # the common case: one plain draw
+        return reference.draw_keep(n, p, mode, x.device, generator, dtype)
     dtensor = is_dtensor(x)
-    dp = _DATA_PARALLEL if (mode == "row" and not dtensor) else None
-    if dp is None:
-        keep = reference.draw_keep(n, p, mode, x.device, generator, dtype)
+    dp = DATA_PARALLEL if (mode == "row" and not dtensor) else None
+    count = n if dp is None else n * dp[1]
+    if rule == "hf":  # Hugging Face's draw, in the dropped tensor's own dtype
+        keep = reference.draw_keep_hf(count, p, x.device, generator, dropped).to(dtype)
     else:
-        rank, world = dp
-        keep = reference.draw_keep(n * world, p, "row", x.device, generator, dtype)[rank * n:(rank + 1) * n]
+        keep = reference.draw_keep(count, p, "row" if dp is not None else mode, x.device, generator, dtype)
+    if dp is not None:
+        rank = dp[0]
+        keep = keep[rank * n:(rank + 1) * n]
     return _replicated(keep, x) if dtensor else keep
 
 
@@ -274,7 +296,7 @@ def fixed_subset(x: torch.Tensor, n: int, k: int, generator: Optional[torch.Gene
     """
     _check_generator(generator)
     dtensor = is_dtensor(x)
-    dp = None if dtensor else _DATA_PARALLEL
+    dp = None if dtensor else DATA_PARALLEL
     if dp is None:
         index = torch.randperm(n, device=x.device, generator=generator)[:k]
     else:

@@ -51,6 +51,23 @@ def device_backend(request):
     return request.param
 
 
+@pytest.fixture
+def replace_backend():
+    """``replace_backend(table, name, devices, available, **ops)``: register backend ``name`` anew in an op
+    family's table (``sdkernels.functional.CORE`` ...) for one test; the entry it replaced comes back after."""
+    saved = []
+
+    def replace(table, name, devices, available, **ops):
+        old = table.get(name)
+        assert old is not None, f"backend {name!r} is not registered for {table.family}"
+        saved.append((table, old))
+        table.register(name, devices, available, **ops)
+
+    yield replace
+    for table, old in reversed(saved):
+        table.register(old.name, old.devices, old.available, **old.ops)
+
+
 def pytest_collection_modifyitems(config, items):
     # Interpreter tests need TRITON_INTERPRET=1 set before triton is imported:
     # keep them out of a normal run unless explicitly selected with -m.

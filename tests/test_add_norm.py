@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 import sdkernels
-from sdkernels import add_norm as AN
 from sdkernels import reference as R
 from sdkernels._ext import HAS_EXT
 from _tolerances import assert_close
@@ -26,10 +25,10 @@ HAS_CUDA = torch.cuda.is_available()
 
 def _backends():
     params = []
-    if "cpu" in AN.available_add_norm_backends():
+    if "cpu" in sdkernels.available_backends("add_norm"):
         params.append(pytest.param(("cpu", "cpu"), id="cpu-cpu"))
     for be in ("cuda", "triton"):
-        marks = [pytest.mark.cuda, pytest.mark.skipif(not (HAS_CUDA and be in AN.available_add_norm_backends()),
+        marks = [pytest.mark.cuda, pytest.mark.skipif(not (HAS_CUDA and be in sdkernels.available_backends("add_norm")),
                                                       reason=f"needs a CUDA device and the {be} backend")]
         params.append(pytest.param(("cuda", be), id=f"cuda-{be}", marks=marks))
     return params
@@ -212,7 +211,7 @@ def test_unaligned_rows(dev_be, H):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not (HAS_CUDA and "cuda" in AN.available_add_norm_backends()), reason="needs the CUDA backend")
+@pytest.mark.skipif(not (HAS_CUDA and "cuda" in sdkernels.available_backends("add_norm")), reason="needs the CUDA backend")
 def test_cuda_kernel_refuses_fp64_parameters_with_fp32_activations():
     r, b, w, bias, _ = _inputs((4, 3, 32), torch.float32, torch.float32, "cuda", pdt=torch.float64)
     with pytest.raises(TypeError, match="float64 weight, bias or layer_scale only with float64 activations"):
@@ -221,7 +220,7 @@ def test_cuda_kernel_refuses_fp64_parameters_with_fp32_activations():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not (HAS_CUDA and {"cuda", "triton"} <= set(AN.available_add_norm_backends())),
+@pytest.mark.skipif(not (HAS_CUDA and {"cuda", "triton"} <= set(sdkernels.available_backends("add_norm"))),
                     reason="needs the CUDA and Triton backends")
 @pytest.mark.parametrize("H", [768, 4096, 20000])
 def test_cuda_and_triton_agree(H):
@@ -337,7 +336,7 @@ def test_deterministic(dev_be):
         assert torch.equal(runs[0][1][i], runs[1][1][i]), i
 
 
-@pytest.mark.skipif("cpu" not in AN.available_add_norm_backends(), reason="no CPU kernel")
+@pytest.mark.skipif("cpu" not in sdkernels.available_backends("add_norm"), reason="no CPU kernel")
 def test_cpu_bits_do_not_depend_on_the_thread_count():
     r, b, w, bias, gm = _inputs((40, 33, 200), torch.float32, torch.bfloat16, "cpu", gamma=True)
     g = _gen(7)

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
 
 import sdkernels  # noqa: E402
-from sdkernels import add_norm as AN  # noqa: E402
+from sdkernels.ops import add_norm as an_ops  # noqa: E402
 from sdkernels.triton_kernels import add_norm as K  # noqa: E402
 from _add_norm_cases import _check_backward, _check_forward, _gen, _grads, _inputs, _t  # noqa: E402
 
@@ -44,13 +44,13 @@ def variant(request, monkeypatch):
 @pytest.fixture
 def programs(monkeypatch):
     def set_programs(n):
-        monkeypatch.setattr(AN, "_PROGRAMS_OVERRIDE", n)
+        monkeypatch.setattr(an_ops, "PROGRAMS_OVERRIDE", n)
     return set_programs
 
 
 def test_backend_is_registered_for_cpu():
-    assert "triton" in AN.available_add_norm_backends()
-    assert AN._BACKENDS["triton"].devices == frozenset({"cuda", "cpu"})
+    assert "triton" in sdkernels.available_backends("add_norm")
+    assert sdkernels.functional.ADD_NORM["triton"].devices == frozenset({"cuda", "cpu"})
 
 
 DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),

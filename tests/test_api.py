@@ -114,12 +114,12 @@ def test_available_backends():
     assert ("cuda" in avail) == (torch.cuda.is_available() and sdkernels._ext.has_kernel("scaled_residual_add", "CUDA"))
 
 
-def test_auto_uses_compiled_cpu_kernel(monkeypatch):
+def test_auto_uses_compiled_cpu_kernel(replace_backend):
     calls = []
-    be = sdkernels.functional._BACKENDS["cpu"]
-    wrapped = sdkernels.functional.Backend("cpu", lambda *a: calls.append(1) or be.residual_add(*a),
-                                           be.sample_scale, be.devices, True)
-    monkeypatch.setitem(sdkernels.functional._BACKENDS, "cpu", wrapped)
+    table = sdkernels.functional.CORE
+    be = table["cpu"]
+    replace_backend(table, "cpu", be.devices, True, residual_add=lambda *a: calls.append(1) or be.residual_add(*a),
+                    sample_scale=be.sample_scale)
     sdkernels.drop_path_add(torch.randn(4, 4), torch.randn(4, 4), 0.5)
     assert calls == [1]
 
@@ -176,7 +176,7 @@ def test_bad_tensors():
 
 @pytest.mark.skipif("cuda" in sdkernels.available_backends(), reason="cuda backend present")
 def test_unavailable_backend_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"backend 'cuda' is not available here; available backends"):
+    with pytest.raises(ValueError, match=r"backend 'cuda' is not available here for core; available backends"):
         sdkernels.drop_path_add(R0, B0, 0.1, backend="cuda")
 
 

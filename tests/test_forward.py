@@ -100,7 +100,7 @@ def test_nan_in_dropped_branch_never_reaches_output(device_backend, dtype):
     keep = torch.tensor([1.0, 0, 1, 0, 0, 1, 1, 0], device=device)
     b[keep == 0] = float("nan")
     b[1, 0, 0] = float("inf")
-    ops = sdkernels.functional._BACKENDS[backend]
+    ops = sdkernels.functional.CORE[backend]
     out = ops.residual_add(r, b, keep, 0, 1 / 0.7)
     assert not torch.isnan(out).any()
     assert torch.equal(out[keep == 0], r[keep == 0])
@@ -117,7 +117,7 @@ def test_sample_scale_op(device_backend, dtype, out_dtype):
     x, _ = _inputs((6, 5, 129), dtype, dtype, device)
     for keep in (torch.tensor([1.0, 0, 1, 1, 0, 1], device=device), torch.tensor([1.0], device=device),
                  torch.tensor([0.0], dtype=torch.float64, device=device)):
-        y = sdkernels.functional._BACKENDS[backend].sample_scale(x, keep, 0, 1.25, out_dtype)
+        y = sdkernels.functional.CORE[backend].sample_scale(x, keep, 0, 1.25, out_dtype)
         assert_close(y, R.sample_scale(x, keep, 0, 1.25, out_dtype))
 
 

@@ -14,7 +14,7 @@ from torch import nn
 import sdkernels
 from sdkernels import compat, functional
 from sdkernels.nn import DropPath, DropPathAdd, StochasticDepth, StochasticResidual
-from sdkernels.skip import drop_path_residual
+from sdkernels.functional import drop_path_residual
 
 LEAVES = {functional.drop_path, functional.drop_path_add, drop_path_residual, compat.stochastic_depth}
 

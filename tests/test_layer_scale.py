@@ -67,14 +67,12 @@ def _inputs(layout, rdt, bdt, gdt, device, seed=1):
 
 
 def _be(backend):
-    return F._BACKENDS[backend]
+    return F.LAYER_SCALE[backend]
 
 
 def _grads_op(backend):
     if backend == "triton":
-        from sdkernels import triton_ops
-
-        return triton_ops.layer_scale_grads
+        return torch.ops.sdkernels.layer_scale_grads_triton.default
     return torch.ops.sdkernels.layer_scale_grads.default
 
 
@@ -605,7 +603,7 @@ def test_drop_path_add_module_owns_gamma():
 @pytest.mark.parametrize("count", ["fixed", "bernoulli"])
 def test_skip_path_with_layer_scale(device_backend, count):
     device, backend = device_backend
-    if backend not in sdkernels.skip.available_skip_backends():
+    if backend not in sdkernels.available_backends("skip"):
         pytest.skip(f"no skip-path backend {backend}")
     lin = torch.nn.Linear(12, 12).to(device)
     x = _rand((10, 3, 12), torch.float32, 1, device).requires_grad_()
@@ -715,8 +713,9 @@ def test_cuda_layer_scale_kernels_use_128_bit_accesses():
 def test_triton_ops_on_cuda_opcheck_and_compile():
     """The compiled Triton twins: opcheck, and torch.compile(fullgraph) of fwd+bwd (a fixed mask: on CUDA
     inductor draws its own random numbers) against eager, bit for bit in fp32."""
-    from sdkernels import triton_ops as T
+    from _interpret import triton_twins
 
+    T, _ = triton_twins()
     for r, b, g, keep, sd, cd in _op_cases("cuda"):
         torch.library.opcheck(T.scaled_residual_add_ls, (r, b, keep, g, sd, cd, 1.25))
         torch.library.opcheck(T.sample_scale_ls, (b, keep, g, sd, cd, 1.25, None))

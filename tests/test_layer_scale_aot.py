@@ -20,6 +20,7 @@ except ImportError as e:  # pragma: no cover
     pytest.skip(f"this Triton has no ASTSource/GPUTarget API: {e}", allow_module_level=True)
 
 from sdkernels.triton_kernels import layer_scale as LS  # noqa: E402
+from sdkernels.triton_kernels.common import num_warps  # noqa: E402
 
 if LS.INTERPRET:
     pytest.skip("TRITON_INTERPRET=1 makes @triton.jit build interpreter kernels: no AOT compile", allow_module_level=True)
@@ -43,7 +44,7 @@ def _asm(name, dt, arch, gamma_cols=None):
     kern = LS.KERNELS[name]
     ptrs = {a: PTR[dt] for a in tensors}
     ptrs.update({a: PTR["fp32"] for a in kern.arg_names if a.endswith("_ptr") and a not in ptrs})
-    return aot_asm(name, kern, ptrs, arch, consts, num_warps=LS._num_warps(4096), divisible=("L",))
+    return aot_asm(name, kern, ptrs, arch, consts, num_warps=num_warps(4096), divisible=("L",))
 
 
 @pytest.mark.parametrize("arch", [80, 90])

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 import sdkernels  # noqa: E402
 import test_layer_scale  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
+from sdkernels.ops import layer_scale as ls_ops  # noqa: E402
 from sdkernels.triton_kernels import layer_scale as LS  # noqa: E402
 from _tolerances import assert_close  # noqa: E402
 from test_layer_scale import (  # noqa: E402,F401  (collected here with backend "triton")
@@ -43,8 +44,12 @@ def device_backend():
 
 
 def test_backend_has_the_layer_scale_ops():
-    be = sdkernels.functional._BACKENDS["triton"]
-    assert be.residual_add_ls is T._eager_scaled_residual_add_ls and be.sample_scale_ls is T._eager_sample_scale_ls
+    be = sdkernels.functional.LAYER_SCALE["triton"]
+    twin = ls_ops.TRITON
+    assert be.residual_add_ls is twin["residual_add_ls"] and be.sample_scale_ls is twin["sample_scale_ls"]
+    assert twin["ops"] == (torch.ops.sdkernels.scaled_residual_add_ls_triton.default,
+                           torch.ops.sdkernels.sample_scale_ls_triton.default,
+                           torch.ops.sdkernels.layer_scale_grads_triton.default)
     assert T.layer_scale_grads is torch.ops.sdkernels.layer_scale_grads_triton.default
 
 

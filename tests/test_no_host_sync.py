@@ -24,7 +24,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("TRITON_INTERPRET=1: CUDA paths are tested in a normal process", allow_module_level=True)
 
 import sdkernels  # noqa: E402
-from sdkernels import skip as S  # noqa: E402
+from sdkernels.nn import StochasticResidual  # noqa: E402
 
 DEV = "cuda"
 
@@ -34,7 +34,7 @@ def _core_backends():
 
 
 def _skip_backends():
-    return [b for b in ("cuda", "triton") if b in S.available_skip_backends()]
+    return [b for b in ("cuda", "triton") if b in sdkernels.available_backends("skip")]
 
 
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ def test_skip_path_fixed_count(sample_dim):
 
             out = _fwd_bwd_without_sync(step, x, lin.weight)
             assert out.shape == x.shape
-            block = S.StochasticResidual(lin, 0.5, sample_dim=sample_dim, backend=be)
+            block = StochasticResidual(lin, 0.5, sample_dim=sample_dim, backend=be)
             _fwd_bwd_without_sync(lambda: block(x), x, lin.weight)
 
 

@@ -104,7 +104,7 @@ def test_data_parallel_draws_slice_the_global_draw():
             torch.manual_seed(7)
             masks.append(rng.fixed_subset(x, 6, 3, None).sort().values)
     assert not all(torch.equal(masks[0], m) for m in masks[1:]), "replicas must not share their subsets"
-    assert rng._DATA_PARALLEL is None
+    assert rng.data_parallel() is None
 
 
 def test_data_parallel_draws_arguments():
@@ -113,6 +113,6 @@ def test_data_parallel_draws_arguments():
     with pytest.raises(TypeError, match="ints"):
         rng.set_data_parallel_draws(0.5, 2)
     rng.set_data_parallel_draws(1, 2)
-    assert rng._DATA_PARALLEL == (1, 2)
+    assert rng.data_parallel() == (1, 2)
     rng.set_data_parallel_draws(None)
-    assert rng._DATA_PARALLEL is None
+    assert rng.data_parallel() is None

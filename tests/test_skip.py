@@ -2,7 +2,7 @@
 
 Op results are compared with sdkernels.reference (scaled_residual_add of the
 scattered src with a 0/1 mask; sample_scale of the gathered grad) and with the
-plain-torch op references of sdkernels.skip.  The block function is compared
+plain-torch op references of sdkernels.reference.skip.  The block function is compared
 with the full computation masked by the same kept set, read back from what fn
 was called with (x is random, so every sample is identifiable).
 """
@@ -17,7 +17,9 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import sdkernels
 from sdkernels import reference as R
-from sdkernels import skip as S
+from sdkernels import functional
+from sdkernels.nn import StochasticResidual
+from sdkernels.ops import skip as skip_ops
 from sdkernels._ext import HAS_EXT
 from _tolerances import TOL, assert_close
 
@@ -44,7 +46,7 @@ def _op(name):
 
 def _block_backends():
     params = [pytest.param(("cpu", "reference"), id="cpu-reference")]
-    if "cpu" in S.available_skip_backends():
+    if "cpu" in sdkernels.available_backends("skip"):
         params.append(pytest.param(("cpu", "cpu"), id="cpu-cpu"))
     params.append(pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=CUDA))
     params.append(pytest.param(("cuda", "triton"), id="cuda-triton", marks=CUDA))
@@ -129,7 +131,7 @@ def test_scaled_index_add_matches_reference(op_backend, rdt, sdt, shape, dim, cl
             like = torch.empty_like(residual, dtype=out.dtype)
             assert all(s == 1 or a == b for s, a, b in zip(out.shape, out.stride(), like.stride()))
         assert_close(out, exp)
-        assert_close(out, S.reference_scaled_index_add(residual, src, index, dim, alpha))
+        assert_close(out, R.scaled_index_add(residual, src, index, dim, alpha))
 
 
 @pytest.mark.parametrize("xdt,odt", [(torch.float32, None), (torch.float64, None), (torch.float16, None),
@@ -146,8 +148,8 @@ def test_index_scale_matches_reference(op_backend, xdt, odt, shape, dim, cl):
         exp = _expected_scale(grad, index, dim, 0.75, odt)
         assert out.dtype == (xdt if odt is None else odt)
         assert_close(out, exp)
-        assert_close(out, S.reference_index_scale(grad, index, dim, 0.75, odt))
-        like = S.samples_like(torch.empty_like(grad), dim % grad.dim(), k, out.dtype)
+        assert_close(out, R.index_scale(grad, index, dim, 0.75, odt))
+        like = skip_ops.samples_like(torch.empty_like(grad), dim % grad.dim(), k, out.dtype)
         assert all(s == 1 or a == b for s, a, b in zip(out.shape, out.stride(), like.stride()))
 
 
@@ -331,12 +333,12 @@ def test_op_bad_inputs():
 
 def test_samples_like_rule():
     x = torch.empty(2, 3, 4, 5).to(memory_format=torch.channels_last)
-    y = S.samples_like(x, 0, 7)
+    y = skip_ops.samples_like(x, 0, 7)
     assert y.shape == (7, 3, 4, 5) and y.is_contiguous(memory_format=torch.channels_last)
-    y = S.samples_like(torch.empty(9, 6, 8), 1, 2)
+    y = skip_ops.samples_like(torch.empty(9, 6, 8), 1, 2)
     assert y.shape == (9, 2, 8) and y.is_contiguous()
     z = torch.empty(6, 9, 8).transpose(0, 1)  # [9, 6, 8] with dim 1 outermost
-    y = S.samples_like(z, 1, 2)
+    y = skip_ops.samples_like(z, 1, 2)
     assert y.shape == (9, 2, 8) and y.stride() == (8, 72, 1)
 
 
@@ -424,7 +426,7 @@ def test_matches_masked_full_computation(block_backend, xdt, odt, sample_dim, co
             k = len(kept)
             assert len(set(kept)) == k
             if count == "fixed":
-                assert k == S.kept_count(n, p) if p > 0 else k == n
+                assert k == functional.kept_count(n, p) if p > 0 else k == n
             if k == 0:
                 assert p > 0 and len(fn.calls) == 0
                 assert out is x
@@ -490,7 +492,7 @@ def test_kept_count_table():
              (5, 0.9): 1, (5, 0.3): 4, (10, 0.25): 8, (8, 0.3): 6, (64, 0.1): 58, (64, 0.9): 6, (64, 0.0): 64,
              (25, 0.34): 17, (4, 1.0): 0, (100, 0.995): 1}
     for (n, p), k in table.items():
-        assert S.kept_count(n, p) == k, (n, p)
+        assert functional.kept_count(n, p) == k, (n, p)
 
 
 def test_fixed_count_scale_and_call_shape():
@@ -511,7 +513,7 @@ def test_fixed_count_scale_and_call_shape():
 
 
 def test_realised_rate_warns_once():
-    S._warned_realised_rate = False
+    functional._warned_realised_rate = False  # a peek: the warn-once flag has no public reset
     x = torch.randn(10, 4)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -521,7 +523,7 @@ def test_realised_rate_warns_once():
         assert len(rec) == 1 and "realised drop rate" in str(rec[0].message)
         sdkernels.drop_path_residual(torch.randn(2, 4), torch.sin, 0.25)  # realised 0.0
         assert len(rec) == 1
-    S._warned_realised_rate = False
+    functional._warned_realised_rate = False  # a peek: the warn-once flag has no public reset
 
 
 def test_eval_and_p0_return_x_plus_fn_x():
@@ -700,7 +702,7 @@ def test_compile_fullgraph_fixed_count():
     torch._dynamo.reset()
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU())
-    block = S.StochasticResidual(mlp, 0.5)
+    block = StochasticResidual(mlp, 0.5)
 
     def f(x):
         return block(x)
@@ -729,8 +731,10 @@ def test_compile_fullgraph_fixed_count():
 
 
 def test_exports():
-    assert sdkernels.drop_path_residual is S.drop_path_residual
-    assert sdkernels.nn.StochasticResidual is S.StochasticResidual
+    from sdkernels import skip as shim
+
+    assert sdkernels.drop_path_residual is functional.drop_path_residual is shim.drop_path_residual
+    assert sdkernels.nn.StochasticResidual is shim.StochasticResidual
     assert "drop_path_residual" in sdkernels.__all__ and "StochasticResidual" in sdkernels.nn.__all__
 
 
@@ -766,7 +770,7 @@ def test_no_samples_never_calls_fn(sample_dim):
         assert sdkernels.drop_path_residual(x, fn, p, **args) is x, kw
     assert calls == []
     assert torch.equal(torch.random.get_rng_state(), state)  # no draw either
-    block = S.StochasticResidual(fn, 0.5, sample_dim=sample_dim)
+    block = StochasticResidual(fn, 0.5, sample_dim=sample_dim)
     assert block(x) is x and block.eval()(x) is x and calls == []
 
 
@@ -799,11 +803,11 @@ def test_bad_inputs():
     with pytest.raises(IndexError):
         sdkernels.drop_path_residual(x, torch.sin, 0.5, sample_dim=2)
     with pytest.raises(ValueError):
-        S.StochasticResidual(torch.nn.Identity(), 1.2)
+        StochasticResidual(torch.nn.Identity(), 1.2)
     with pytest.raises(ValueError):
-        S.StochasticResidual(torch.nn.Identity(), 0.2, count="all")
+        StochasticResidual(torch.nn.Identity(), 0.2, count="all")
     with pytest.raises(ValueError):
-        S.StochasticResidual(torch.nn.Identity(), 0.2, mode="rows")
+        StochasticResidual(torch.nn.Identity(), 0.2, mode="rows")
     if not HAS_CUDA:
         with pytest.raises(ValueError, match="not available"):
             sdkernels.drop_path_residual(x, torch.sin, 0.5, backend="cuda")
@@ -856,7 +860,7 @@ def test_cuda_misaligned_views():
 def test_cuda_compile_fullgraph_and_bf16_block():
     torch._dynamo.reset()
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).cuda()
-    block = S.StochasticResidual(mlp, 0.25)
+    block = StochasticResidual(mlp, 0.25)
     x = torch.randn(64, 8, 64, device="cuda", requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = torch.compile(block, fullgraph=True)(x)
@@ -875,7 +879,7 @@ def test_cuda_compile_reduce_overhead_draws_fresh_subsets():
     and trains fn."""
     torch._dynamo.reset()
     lin = torch.nn.Linear(32, 32).cuda()
-    block = S.StochasticResidual(lin, 0.5)
+    block = StochasticResidual(lin, 0.5)
     step = torch.compile(block, mode="reduce-overhead", fullgraph=True)
     torch._dynamo.utils.counters.clear()
     x = torch.randn(16, 4, 32, device="cuda")
@@ -902,7 +906,7 @@ def test_cuda_compile_reduce_overhead_draws_fresh_subsets():
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_cuda_graph_capture_fixed_count(backend):
     """count 'fixed' has static shapes and no host sync: it captures, and every replay draws anew."""
-    if backend not in S.available_skip_backends():
+    if backend not in sdkernels.available_backends("skip"):
         pytest.skip(f"{backend} backend not available")
     lin = torch.nn.Linear(32, 32).cuda()
     x = torch.randn(16, 4, 32, device="cuda")
@@ -1012,14 +1016,14 @@ def test_triton_ops_trace_into_their_kernels_on_fake_cuda():
     import logging
 
     K = _triton_kernels_module()
-    if S._TRITON is None:
-        pytest.skip(f"Triton skip ops not registered: {S.TRITON_IMPORT_ERROR!r}")
+    if skip_ops.TRITON is None:
+        pytest.skip(f"Triton skip ops not registered: {skip_ops.TRITON_IMPORT_ERROR!r}")
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._subclasses.functional_tensor import dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    add, scale = S._TRITON[0], S._TRITON[1]
+    add, scale = skip_ops.TRITON["scaled_index_add"], skip_ops.TRITON["index_scale"]
 
     def f(r, s, idx):
         return add(r, s, idx, 1, 1 / 0.75), scale(r, idx, 1, 1 / 0.75, torch.bfloat16)
@@ -1212,8 +1216,8 @@ def test_import_without_triton():
 
     code = ("import sys; sys.modules['triton'] = None\n"
             "import sdkernels, torch\n"
-            "from sdkernels import skip\n"
-            "assert 'triton' not in skip.available_skip_backends() and skip.TRITON_IMPORT_ERROR is not None\n"
+            "from sdkernels.ops import skip\n"
+            "assert 'triton' not in sdkernels.available_backends('skip') and skip.TRITON_IMPORT_ERROR is not None\n"
             "x = torch.randn(4, 3)\n"
             "assert sdkernels.drop_path_residual(x, torch.sin, 0.5).shape == x.shape\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

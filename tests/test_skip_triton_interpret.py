@@ -17,14 +17,14 @@ pytestmark = [
 
 import sdkernels  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
-from sdkernels import skip as S  # noqa: E402
+from sdkernels.ops import skip as skip_ops  # noqa: E402
 from sdkernels._ext import HAS_EXT  # noqa: E402
 from _tolerances import assert_close  # noqa: E402
 
 
 def _triton_ready():
-    if "triton" not in S.available_skip_backends():
-        pytest.skip(f"Triton skip ops not registered: {S.TRITON_IMPORT_ERROR!r}")
+    if "triton" not in sdkernels.available_backends("skip"):
+        pytest.skip(f"Triton skip ops not registered: {skip_ops.TRITON_IMPORT_ERROR!r}")
 
 
 def _inputs(shape, dim, cl, rdt, sdt, k, seed=0):

@@ -21,6 +21,7 @@ except ImportError as e:  # pragma: no cover
     pytest.skip(f"this Triton has no ASTSource/GPUTarget API: {e}", allow_module_level=True)
 
 from sdkernels.triton_kernels import drop_path as K  # noqa: E402
+from sdkernels.triton_kernels.common import num_warps  # noqa: E402
 
 if K.INTERPRET:
     pytest.skip("TRITON_INTERPRET=1 makes @triton.jit build interpreter kernels: no AOT compile", allow_module_level=True)
@@ -140,7 +141,7 @@ def test_every_kernel_compiles(name, arch):
         dtypes = dict(zip(args, [out, a, b]))
         for consts in CONFIGS[kind]:
             for scale in ("fp32", "fp64") if consts is CONFIGS[kind][0] else ("fp32",):
-                ptx = _compile(name, dtypes, arch, consts, acc64=acc64, num_warps=K._num_warps(4096), scale=scale)
+                ptx = _compile(name, dtypes, arch, consts, acc64=acc64, num_warps=num_warps(4096), scale=scale)
                 assert ".entry" in ptx
 
 
@@ -165,7 +166,9 @@ def test_triton_ops_decompose_into_the_triton_kernels():
     import torch
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
-    from sdkernels import triton_ops as T
+    from _interpret import triton_twins
+
+    T, _ = triton_twins()
 
     def f(r, b, k):
         return T.scaled_residual_add(r, b, k, 1, 1 / 0.9) + T.sample_scale(b, k, 1, 2.0, torch.float32)
@@ -193,20 +196,31 @@ def test_import_sdkernels_without_triton():
     code = ("import sys; sys.modules['triton'] = None\n"
             "import sdkernels\n"
             "assert 'triton' not in sdkernels.available_backends()\n"
-            "assert sdkernels.functional.TRITON_IMPORT_ERROR is not None\n")
+            "from sdkernels.ops import core, layer_scale, add_norm, skip\n"
+            "assert all(f.TRITON is None and f.TRITON_IMPORT_ERROR is not None\n"
+            "           for f in (core, layer_scale, add_norm, skip))\n"
+            "for family in ('core', 'layer_scale', 'add_norm', 'skip'):\n"
+            "    assert 'triton' not in sdkernels.available_backends(family)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_auto_rule_between_cuda_and_triton(monkeypatch):
-    from sdkernels import functional as F
+    import torch
 
-    fake = {name: F.Backend(name, None, None, frozenset({"cuda"}), True) for name in ("cuda", "triton")}
-    monkeypatch.setattr(F, "_BACKENDS", dict(F._BACKENDS, **fake))
-    assert F._auto_backend("cuda", 8 * 16 * 64).name == "cuda"  # host-bound: the C++ op
+    from sdkernels.backends import TABLES, BackendTable
+
+    # A table of its own (every family's table picks with the same rule), kept out of TABLES after the test.
+    monkeypatch.setitem(TABLES, "auto-rule-test", None)
+    table = BackendTable("auto-rule-test", ("op",))
+    table.register("reference", None, True, op=None)
+    for name in ("cuda", "triton"):
+        table.register(name, {"cuda"}, True, op=None)
+    assert table.auto("cuda", 8 * 16 * 64).name == "cuda"  # host-bound: the C++ op
     # measured on an H200: the C++ op wins at every size, so Triton only when it is alone
-    assert F._auto_backend("cuda", 256 * 197 * 1024).name == "cuda"
-    assert F._auto_backend("cuda", 2**40).name == "cuda"
-    monkeypatch.setitem(F._BACKENDS, "cuda", F.Backend("cuda", None, None, frozenset({"cuda"}), False))
-    assert F._auto_backend("cuda", 10).name == "triton"  # whichever exists
-    monkeypatch.setitem(F._BACKENDS, "triton", F.Backend("triton", None, None, frozenset({"cuda"}), False))
-    assert F._auto_backend("cuda", 10).name == "reference"
+    assert table.auto("cuda", 256 * 197 * 1024).name == "cuda"
+    assert table.auto("cuda", 2**40).name == "cuda"
+    assert table.pick("auto", torch.device("cuda"), 2**40).name == "cuda"
+    table.register("cuda", {"cuda"}, False, op=None)
+    assert table.auto("cuda", 10).name == "triton"  # whichever exists
+    table.register("triton", {"cuda"}, False, op=None)
+    assert table.auto("cuda", 10).name == "reference"

@@ -1,7 +1,8 @@
-"""The Triton backend's eager fast path (``sdkernels.triton_ops._eager_*``) against its registered ops.
+"""The Triton backend's eager fast path (``sdkernels.ops.core.TRITON["residual_add"]`` ...) against its
+registered ops.
 
 In plain eager mode the "triton" backend skips the torch.library layers (see the
-``sdkernels.triton_ops`` docstring); everywhere else it calls the ops.  These tests
+``sdkernels.ops.launch`` docstring); everywhere else it calls the ops.  These tests
 check that both paths give identical outputs, gradients and errors, that the fast
 path is really taken in eager mode, and that dispatch modes, ``torch.compile`` and
 tensor subclasses still see the ops.  Run under the interpreter, in its own
@@ -22,11 +23,12 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import sdkernels  # noqa: E402
 from sdkernels import functional  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
+from sdkernels.ops import core as core_ops, launch  # noqa: E402
 
 OP_ADD = torch.ops.sdkernels.scaled_residual_add_triton.default
 OP_SCALE = torch.ops.sdkernels.sample_scale_triton.default
-FAST_ADD = T._eager_scaled_residual_add
-FAST_SCALE = T._eager_sample_scale
+FAST_ADD = core_ops.TRITON["residual_add"]
+FAST_SCALE = core_ops.TRITON["sample_scale"]
 
 # (residual dtype, branch dtype): same dtype and autocast-style mixes.
 DTYPE_PAIRS = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float64, torch.float64),
@@ -72,8 +74,8 @@ def op_spy(monkeypatch):
 
         return f
 
-    monkeypatch.setattr(T, "scaled_residual_add", spy("scaled_residual_add", OP_ADD))
-    monkeypatch.setattr(T, "sample_scale", spy("sample_scale", OP_SCALE))
+    monkeypatch.setattr(core_ops, "residual_add_op", spy("scaled_residual_add", OP_ADD))
+    monkeypatch.setattr(core_ops, "sample_scale_op", spy("sample_scale", OP_SCALE))
     return calls
 
 
@@ -148,7 +150,7 @@ def test_layouts_and_scales_identical():
 @pytest.mark.parametrize("rdt,bdt", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16)], ids=str)
 @pytest.mark.parametrize("sample_dim", [0, 1])
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
-def test_public_api_identical_to_op_path(monkeypatch, rdt, bdt, sample_dim, p):
+def test_public_api_identical_to_op_path(replace_backend, rdt, bdt, sample_dim, p):
     r, b = _pair((6, 5, 40), rdt, bdt)
     go = torch.randn(6, 5, 40, generator=_gen(9)).to(torch.promote_types(rdt, bdt))
 
@@ -159,8 +161,8 @@ def test_public_api_identical_to_op_path(monkeypatch, rdt, bdt, sample_dim, p):
         return (out, y, *torch.autograd.grad(y, (rl, bl), go))
 
     fast = run()
-    be = functional._BACKENDS["triton"]
-    monkeypatch.setitem(functional._BACKENDS, "triton", functional.Backend("triton", OP_ADD, OP_SCALE, be.devices, True))
+    be = functional.CORE["triton"]
+    replace_backend(functional.CORE, "triton", be.devices, True, residual_add=OP_ADD, sample_scale=OP_SCALE)
     ref = run()
     for a, e in zip(fast, ref):
         _same(a, e)
@@ -279,40 +281,38 @@ def test_eager_takes_the_fast_path(op_spy):
     rl, bl = _leaf(r), _leaf(b)
     out = sdkernels.drop_path_add(rl, bl, 0.5, generator=_gen(1), backend="triton")
     y = sdkernels.drop_path(out, 0.5, generator=_gen(2), backend="triton")
-    assert type(out.grad_fn).__name__ == "_ResidualAddFnBackward"
-    assert type(y.grad_fn).__name__ == "_SampleScaleFnBackward"
+    assert type(out.grad_fn).__name__ == "ResidualAddFnBackward"
+    assert type(y.grad_fn).__name__ == "SampleScaleFnBackward"
     go = torch.randn_like(y).requires_grad_()
     gr, gb = torch.autograd.grad(y, (rl, bl), go, create_graph=True)
-    assert type(gb.grad_fn).__name__ == "_SampleScaleFnBackward"
+    assert type(gb.grad_fn).__name__ == "SampleScaleFnBackward"
     torch.autograd.grad(gb.float().sum() + gr.sum(), go)
     assert op_spy == []
     # nothing requires grad (or grad mode is off): no autograd.Function either
     def no_function(*args):
         raise AssertionError("autograd.Function applied without any input requiring grad")
 
-    fns = (T._ResidualAddFn, T._SampleScaleFn)
-    assert not any("apply" in vars(fn) for fn in fns)  # inherited from torch.autograd.Function
-    try:
-        for fn in fns:
-            fn.apply = staticmethod(no_function)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.autograd.Function, "apply", classmethod(no_function))
+        with pytest.raises(AssertionError, match="autograd.Function applied"):  # the patch reaches the fast path
+            FAST_ADD(rl, bl, scale, 0, alpha)
+        with pytest.raises(AssertionError, match="autograd.Function applied"):
+            FAST_SCALE(bl, scale, 0, alpha, None)
         FAST_ADD(r, b, scale, 0, alpha)
         FAST_SCALE(b, scale, 0, alpha, None)
         with torch.no_grad():
             FAST_ADD(rl, bl, scale, 0, alpha)
             FAST_SCALE(bl, scale, 0, alpha, None)
-    finally:
-        for fn in fns:
-            del fn.apply
     assert op_spy == []
     # parameters are plain tensors too
     w = torch.nn.Parameter(torch.randn(6, 5, 33))
-    assert type(FAST_ADD(r, w, scale, 0, alpha).grad_fn).__name__ == "_ResidualAddFnBackward"
+    assert type(FAST_ADD(r, w, scale, 0, alpha).grad_fn).__name__ == "ResidualAddFnBackward"
     assert op_spy == []
 
 
 def test_torch_without_the_probes_takes_the_op(op_spy, monkeypatch):
     """On a torch lacking one of _eager's probes (older or newer internals) every call goes to the op."""
-    monkeypatch.setattr(T, "_PROBES_OK", False)
+    monkeypatch.setattr(launch, "_PROBES_OK", False)  # a peek: no public switch
     r, b = _pair((6, 5, 33), torch.float32, torch.float32)
     scale, alpha = _keep(6, 0.5)
     want = OP_ADD(r, b, scale, 0, alpha)

@@ -20,6 +20,8 @@ import torch  # noqa: E402
 from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
 import sdkernels  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
+from sdkernels.ops import core as core_ops  # noqa: E402
+from sdkernels.triton_kernels import common as KC  # noqa: E402
 from _tolerances import assert_close  # noqa: E402
 
 BE = "triton"
@@ -45,7 +47,7 @@ VARIANTS = {
     "auto": {},
     "rows": {"ROW_KERNEL_MIN_INNER": 100},  # not lower: one program per element is very slow here
     "tiles": {"ROW_KERNEL_MIN_INNER": 1 << 40},
-    "small": {"_MAX_BLOCK": 512, "_TILE": 256},
+    "small": {"MAX_BLOCK": 512, "_TILE": 256},  # _TILE: a peek, the tile size has no public name
 }
 
 
@@ -53,6 +55,10 @@ VARIANTS = {
 def variant(request, monkeypatch):
     for k, v in VARIANTS[request.param].items():
         monkeypatch.setattr(K, k, v)
+        if hasattr(KC, k):  # MAX_BLOCK: row_block reads it in triton_kernels.common; the launch cache keys on K's
+            monkeypatch.setattr(KC, k, v)
+    if request.param == "small":
+        assert K.launch_params(9000, 18000).block == 512 and K.launch_params(13, 13 * 64).block == 256
     return request.param
 
 
@@ -77,16 +83,19 @@ def _check(r, b, p, **kw):
 
 def test_backend_is_registered_for_cpu():
     assert "triton" in sdkernels.available_backends()
-    be = sdkernels.functional._BACKENDS["triton"]
+    be = sdkernels.functional.CORE["triton"]
     assert be.devices == frozenset({"cpu", "cuda"})
     # The backend calls the eager fast path (tests/test_triton_fastpath.py), which falls back to
-    # the registered ops, still exported as T.scaled_residual_add / T.sample_scale.
-    assert be.residual_add is T._eager_scaled_residual_add and be.sample_scale is T._eager_sample_scale
+    # the registered ops, TRITON["ops"] of the family.
+    twin = core_ops.TRITON
+    assert be.residual_add is twin["residual_add"] and be.sample_scale is twin["sample_scale"]
+    assert twin["ops"] == (torch.ops.sdkernels.scaled_residual_add_triton.default,
+                           torch.ops.sdkernels.sample_scale_triton.default)
     assert T.scaled_residual_add is torch.ops.sdkernels.scaled_residual_add_triton.default
     assert T.sample_scale is torch.ops.sdkernels.sample_scale_triton.default
     # "auto" keeps the C++ kernel on CPU.
     if "cpu" in sdkernels.available_backends():
-        assert sdkernels.functional._auto_backend("cpu", 1 << 30).name == "cpu"
+        assert sdkernels.functional.CORE.auto("cpu", 1 << 30).name == "cpu"
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

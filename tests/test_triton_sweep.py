@@ -20,6 +20,7 @@ T, K = triton_ops_under_interpreter()
 
 import torch  # noqa: E402
 from sdkernels import reference as R  # noqa: E402
+from sdkernels.triton_kernels import common as KC  # noqa: E402
 from _tolerances import assert_close  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +108,7 @@ def test_launch_params(shape, dim):
             assert lp.grid == rows * lp.nblk and lp.nblk * lp.block >= inner
             assert lp.label == f"rows b{lp.block} w{lp.num_warps}"
         else:
-            assert lp.cols == K._next_pow2(inner) and lp.rows * lp.cols == lp.block
+            assert lp.cols == KC.next_pow2(inner) and lp.rows * lp.cols == lp.block
             if cfg.block is not None:
                 assert lp.rows == max(1, cfg.block // lp.cols)
             assert lp.grid * lp.rows >= rows and lp.nrows == rows
@@ -115,7 +116,7 @@ def test_launch_params(shape, dim):
 
 def test_default_heuristics_unchanged():
     # the shipped numbers (a GPU sweep may change them: then change this test with them)
-    assert (K.ROW_KERNEL_MIN_INNER, K._MAX_BLOCK, K._TILE) == (1024, 4096, 4096)
+    assert (K.ROW_KERNEL_MIN_INNER, KC.MAX_BLOCK, K._TILE) == (1024, 4096, 4096)  # _TILE: a peek, no public name
     lp = K.launch_params(197 * 1024, 256 * 197 * 1024)
     assert lp.rows_kernel and lp.num_warps == 8 and lp.block == 4096  # interpreter: min(4096, next_pow2(inner))
     lp = K.launch_params(40, 3 * 5 * 40)

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from .drop_path import INTERPRET, _multiplier, _next_pow2, _to_acc, _to_out, split_alpha
-from .scaled_index_add import _alpha
+from .drop_path import split_alpha
+from .common import INTERPRET, alpha_value, multiplier, next_pow2, to_acc, to_out
 
 __all__ = [
     "MAX_FUSED_N",
@@ -92,10 +92,10 @@ def _row_samples(rows, H, inner, n):
 @triton.jit
 def _add(res_ptr, br_ptr, g_ptr, offs, cols, cmask, mask, kept, m, HAS_G: tl.constexpr, ACC64: tl.constexpr):
     """x in the math dtype for a [ROWS, BLOCK] tile (branch read on kept rows only)."""
-    r = _to_acc(tl.load(res_ptr + offs, mask=mask, other=0), ACC64)
-    b = _to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    r = to_acc(tl.load(res_ptr + offs, mask=mask, other=0), ACC64)
+    b = to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     if HAS_G:
-        g = _to_acc(tl.load(g_ptr + cols, mask=cmask, other=0), ACC64)
+        g = to_acc(tl.load(g_ptr + cols, mask=cmask, other=0), ACC64)
         b = _mul_rn(b, g[None, :])
     return tl.where(kept[:, None], r + _mul_rn(b, m[:, None]), r)
 
@@ -103,9 +103,9 @@ def _add(res_ptr, br_ptr, g_ptr, offs, cols, cmask, mask, kept, m, HAS_G: tl.con
 @triton.jit
 def _affine(y, w_ptr, b_ptr, cols, cmask, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC64: tl.constexpr):
     if HAS_W:
-        y = y * _to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
+        y = y * to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
     if HAS_B:
-        y = y + _to_acc(tl.load(b_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
+        y = y + to_acc(tl.load(b_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
     return y
 
 
@@ -122,17 +122,17 @@ def _add_norm_fwd_kernel(
     row_ok = rows < nrows
     sc = tl.load(scale_ptr + _row_samples(rows, H, inner, n), mask=row_ok, other=0)
     kept = sc != 0
-    m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
-    eps = _alpha(a_eps_hi, a_eps_mid, a_eps_lo, ACC64)  # eps rebuilt from its fp32 pieces like alpha
+    m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+    eps = alpha_value(a_eps_hi, a_eps_mid, a_eps_lo, ACC64)  # eps rebuilt from its fp32 pieces like alpha
     xdt = x_ptr.dtype.element_ty
     if not LOOP:
         cols = tl.arange(0, BLOCK_N).to(tl.int64)  # int64 like every other offset
         cmask = cols < H
         offs = rows[:, None] * H + cols[None, :]
         mask = row_ok[:, None] & cmask[None, :]
-        xs = _to_out(_add(res_ptr, br_ptr, g_ptr, offs, cols, cmask, mask, kept, m, HAS_G, ACC64), xdt)
+        xs = to_out(_add(res_ptr, br_ptr, g_ptr, offs, cols, cmask, mask, kept, m, HAS_G, ACC64), xdt)
         tl.store(x_ptr + offs, xs, mask=mask)
-        xa = tl.where(mask, _to_acc(xs, ACC64), 0.0)  # x as stored
+        xa = tl.where(mask, to_acc(xs, ACC64), 0.0)  # x as stored
         if RMS:
             d = xa
         else:
@@ -142,7 +142,7 @@ def _add_norm_fwd_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / H + eps)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
         y = _affine(d * rstd[:, None], w_ptr, b_ptr, cols, cmask, HAS_W, HAS_B, ACC64)
-        tl.store(h_ptr + offs, _to_out(y, h_ptr.dtype.element_ty), mask=mask)
+        tl.store(h_ptr + offs, to_out(y, h_ptr.dtype.element_ty), mask=mask)
     else:
         # ROWS == 1: walk the row in column blocks; x is re-read for each statistic.
         base = rows[:, None] * H
@@ -152,9 +152,9 @@ def _add_norm_fwd_kernel(
             cmask = cols < H
             mask = row_ok[:, None] & cmask[None, :]
             offs = base + cols[None, :]
-            xs = _to_out(_add(res_ptr, br_ptr, g_ptr, offs, cols, cmask, mask, kept, m, HAS_G, ACC64), xdt)
+            xs = to_out(_add(res_ptr, br_ptr, g_ptr, offs, cols, cmask, mask, kept, m, HAS_G, ACC64), xdt)
             tl.store(x_ptr + offs, xs, mask=mask)
-            acc += tl.where(mask, _to_acc(xs, ACC64), 0.0)
+            acc += tl.where(mask, to_acc(xs, ACC64), 0.0)
         tl.debug_barrier()
         if RMS:
             mean = tl.zeros([1], dtype=acc.dtype)
@@ -165,7 +165,7 @@ def _add_norm_fwd_kernel(
         for c0 in range(0, H, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
             mask = row_ok[:, None] & (cols < H)[None, :]
-            d = tl.where(mask, _to_acc(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), ACC64)
+            d = tl.where(mask, to_acc(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), ACC64)
                          - mean[:, None], 0.0)
             acc += d * d
         rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / H + eps)
@@ -175,9 +175,9 @@ def _add_norm_fwd_kernel(
             cmask = cols < H
             mask = row_ok[:, None] & cmask[None, :]
             offs = base + cols[None, :]
-            d = _to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64) - mean[:, None]
+            d = to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64) - mean[:, None]
             y = _affine(d * rstd[:, None], w_ptr, b_ptr, cols, cmask, HAS_W, HAS_B, ACC64)
-            tl.store(h_ptr + offs, _to_out(y, h_ptr.dtype.element_ty), mask=mask)
+            tl.store(h_ptr + offs, to_out(y, h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -188,29 +188,29 @@ def _bwd_tile(
     ACC64: tl.constexpr,
 ):
     """Write grad_residual and grad_branch of a tile; returns (gh * xhat, gh, (dx * m) * branch) for the partials."""
-    xa = _to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64)
+    xa = to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64)
     if RMS:
         xhat = tl.where(mask, xa * rstd[:, None], 0.0)
     else:
         xhat = tl.where(mask, (xa - mean[:, None]) * rstd[:, None], 0.0)
-    gh = _to_acc(tl.load(gh_ptr + offs, mask=mask, other=0), ACC64)
+    gh = to_acc(tl.load(gh_ptr + offs, mask=mask, other=0), ACC64)
     dy = gh
     if HAS_W:
-        dy = gh * _to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
+        dy = gh * to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
     if RMS:
         dx = (dy - xhat * c1[:, None]) * rstd[:, None]
     else:
         dx = (dy - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
     if HAS_GX:
-        dx += _to_acc(tl.load(gx_ptr + offs, mask=mask, other=0), ACC64)
-    tl.store(gr_ptr + offs, _to_out(dx, gr_ptr.dtype.element_ty), mask=mask)
+        dx += to_acc(tl.load(gx_ptr + offs, mask=mask, other=0), ACC64)
+    tl.store(gr_ptr + offs, to_out(dx, gr_ptr.dtype.element_ty), mask=mask)
     dxm = tl.where(kept[:, None], dx * m[:, None], 0.0)
     gbr = dxm
     if HAS_G:
-        gbr = dxm * _to_acc(tl.load(g_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
-    tl.store(gb_ptr + offs, _to_out(gbr, gb_ptr.dtype.element_ty), mask=mask)
+        gbr = dxm * to_acc(tl.load(g_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
+    tl.store(gb_ptr + offs, to_out(gbr, gb_ptr.dtype.element_ty), mask=mask)
     if WANT_G:
-        b = _to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+        b = to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
         pg = dxm * b
     else:
         pg = gh
@@ -221,14 +221,14 @@ def _bwd_tile(
 def _bwd_row_sums(x_ptr, gh_ptr, w_ptr, offs, cols, cmask, mask, mean, rstd,
                   HAS_W: tl.constexpr, RMS: tl.constexpr, ACC64: tl.constexpr):
     """(sum(dy * xhat), sum(dy)) per row of a tile."""
-    xa = _to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64)
+    xa = to_acc(tl.load(x_ptr + offs, mask=mask, other=0), ACC64)
     if RMS:
         xhat = tl.where(mask, xa * rstd[:, None], 0.0)
     else:
         xhat = tl.where(mask, (xa - mean[:, None]) * rstd[:, None], 0.0)
-    dy = _to_acc(tl.load(gh_ptr + offs, mask=mask, other=0), ACC64)
+    dy = to_acc(tl.load(gh_ptr + offs, mask=mask, other=0), ACC64)
     if HAS_W:
-        dy = dy * _to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
+        dy = dy * to_acc(tl.load(w_ptr + cols, mask=cmask, other=0), ACC64)[None, :]
     return tl.sum(dy * xhat, axis=1), tl.sum(dy, axis=1)
 
 
@@ -259,7 +259,7 @@ def _add_norm_bwd_kernel(
             offs = rows[:, None] * H + cols[None, :]
             sc = tl.load(scale_ptr + _row_samples(rows, H, inner, n), mask=row_ok, other=0)
             kept = sc != 0
-            m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+            m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
             mean = tl.zeros([ROWS], dtype=adt)
             if not RMS:
                 mean = tl.load(mean_ptr + rows, mask=row_ok, other=0)
@@ -289,7 +289,7 @@ def _add_norm_bwd_kernel(
             row_ok = rows < nrows
             sc = tl.load(scale_ptr + _row_samples(rows, H, inner, n), mask=row_ok, other=0)
             kept = sc != 0
-            m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+            m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
             mean = tl.zeros([1], dtype=adt)
             if not RMS:
                 mean = tl.load(mean_ptr + rows, mask=row_ok, other=0)
@@ -334,7 +334,7 @@ def _reduce_partials_kernel(out_ptr, part_ptr, programs, H, BLOCK: tl.constexpr,
     acc = tl.zeros([BLOCK], dtype=tl.float64 if ACC64 else tl.float32)
     for p in range(0, programs):
         acc += tl.load(part_ptr + p * H + cols, mask=cmask, other=0)
-    tl.store(out_ptr + cols, _to_out(acc, out_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out_ptr + cols, to_out(acc, out_ptr.dtype.element_ty), mask=cmask)
 
 
 # Every kernel, for the ahead-of-time compile tests.
@@ -375,9 +375,9 @@ def forward_params(nrows: int, H: int) -> AddNormLaunch:
 
 
 def _forward_params(nrows, H) -> AddNormLaunch:
-    if _next_pow2(H) <= MAX_FUSED_N:
-        block = _next_pow2(H)
-        rows = max(1, min(_TILE // block, _next_pow2(nrows)))
+    if next_pow2(H) <= MAX_FUSED_N:
+        block = next_pow2(H)
+        rows = max(1, min(_TILE // block, next_pow2(nrows)))
         return AddNormLaunch(rows, block, False, _warps(rows * block), -(-nrows // rows))
     block = _LOOP_BLOCK
     return AddNormLaunch(1, block, True, _warps(block), nrows)
@@ -407,9 +407,9 @@ def backward_params(nrows: int, H: int, device, programs=None) -> AddNormLaunch:
     """The backward's launch: tiles as the forward's, ``programs`` persistent programs (default:
     ``_PROGRAMS_PER_SM`` per SM, at most one per tile, at least 1; under the interpreter
     ``_INTERPRET_PROGRAMS``).  More programs than tiles is valid: the extra ones write zero partials."""
-    if _next_pow2(H) <= MAX_FUSED_N_BWD:
-        block = _next_pow2(H)
-        rows = max(1, min(_TILE // block, _next_pow2(nrows)))
+    if next_pow2(H) <= MAX_FUSED_N_BWD:
+        block = next_pow2(H)
+        rows = max(1, min(_TILE // block, next_pow2(nrows)))
         loop = False
     else:
         block, rows, loop = _LOOP_BLOCK, 1, True
@@ -476,7 +476,7 @@ def launch_reduce_partials(out, part, wrap=None):
     if H == 0:
         return
     wrap = wrap or (lambda k: k)
-    block = min(1024, _next_pow2(H))
+    block = min(1024, next_pow2(H))
     import torch
 
     wrap(_reduce_partials_kernel)[(-(-H // block),)](

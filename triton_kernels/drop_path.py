@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import struct
 from dataclasses import dataclass
 from typing import Optional
 
 import triton
 import triton.language as tl
+
+from .common import INTERPRET, MAX_BLOCK, multiplier, next_pow2, num_warps, row_block, to_acc, to_out  # noqa: F401
 
 __all__ = [
     "INTERPRET",
@@ -58,18 +59,13 @@ __all__ = [
     "KERNELS",
 ]
 
-# Read once, as @triton.jit does: the interpreter and compiled kernels never mix in one process.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 # Launch heuristics (no autotuning: one config, fine for the interpreter, CUDA graphs and
 # torch.compile).  These numbers are first guesses from the usual elementwise-kernel shapes
 # (>= 16 bytes per thread per tensor for 128-bit accesses, a few KB per program) and await
 # GPU measurement (benchmarks, issue 4).
 # Rows at least this long take the row kernel; shorter ones the tile kernel.
 ROW_KERNEL_MIN_INNER = 1024
-_MAX_BLOCK = 4096  # elements per program of the row kernel (16 per thread at 8 warps)
 _TILE = 4096  # elements per program of the tile kernel (ROWS * COLS)
-_MAX_WASTE = 0.125  # the row kernel's block size leaves at most this idle fraction per row when it can
 
 # Bounds of a LaunchConfig (the heuristics stay well inside them).
 _CONFIG_WARPS = (1, 2, 4, 8, 16)
@@ -81,54 +77,6 @@ _MAX_GRID = 2**31 - 1  # programs on grid axis 0
 # ----------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------
-
-
-_INTERP = tl.constexpr(INTERPRET)
-
-
-@triton.jit
-def _to_acc(x, ACC64: tl.constexpr):
-    """x in the math type (fp64 when ACC64, else fp32), converted before any arithmetic.
-
-    16-bit values reach fp64 through fp32 (exact; the interpreter cannot cast bf16 to fp64 directly).
-    """
-    if ACC64:
-        if x.dtype == tl.float64:
-            return x
-        else:
-            return x.to(tl.float32).to(tl.float64)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
-def _to_out(x, OUT: tl.constexpr):
-    """x (fp32 or fp64) rounded to nearest-even in the output type.
-
-    fp64 goes to 16-bit types through fp32, as torch's own conversions do.  The
-    interpreter truncates fp32 -> bf16, so there the rounding is done on the bits.
-    """
-    if x.dtype == tl.float64 and (OUT == tl.bfloat16 or OUT == tl.float16):
-        y = x.to(tl.float32)
-    else:
-        y = x
-    if _INTERP and OUT == tl.bfloat16:
-        u = y.to(tl.uint32, bitcast=True)
-        rne = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-        bits = tl.where(y != y, (u >> 16) | 0x40, rne)  # NaN stays a (quiet) NaN
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return y.to(OUT)
-
-
-@triton.jit
-def _multiplier(sc, a_hi, a_mid, a_lo, ACC64: tl.constexpr):
-    """m = scale * alpha in the math type (alpha rebuilt exactly from its fp32 pieces for fp64)."""
-    if ACC64:
-        alpha = tl.cast(a_hi, tl.float64) + tl.cast(a_mid, tl.float64) + tl.cast(a_lo, tl.float64)
-        return sc.to(tl.float64) * alpha
-    else:
-        return sc.to(tl.float32) * tl.cast(a_hi, tl.float32)
 
 
 @triton.jit
@@ -144,13 +92,13 @@ def _residual_add_rows_kernel(
     cols = cb.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inner
     offs = row.to(tl.int64) * inner + cols
-    r = _to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
+    r = to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
     if sc != 0:
-        m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
-        b = _to_acc(tl.load(br_ptr + offs, mask=mask), ACC64)
-        tl.store(out_ptr + offs, _to_out(r + b * m, out_ptr.dtype.element_ty), mask=mask)
+        m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+        b = to_acc(tl.load(br_ptr + offs, mask=mask), ACC64)
+        tl.store(out_ptr + offs, to_out(r + b * m, out_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.store(out_ptr + offs, _to_out(r, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, to_out(r, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -165,13 +113,13 @@ def _residual_add_tiles_kernel(
     row_ok = rows < nrows
     sc = tl.load(scale_ptr + rows % n, mask=row_ok, other=0)
     kept = sc != 0
-    m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+    m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
     offs = rows[:, None] * inner + cols[None, :]
     mask = row_ok[:, None] & (cols < inner)[None, :]
-    r = _to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
-    b = _to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    r = to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
+    b = to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     o = tl.where(kept[:, None], r + b * m[:, None], r)
-    tl.store(out_ptr + offs, _to_out(o, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_out(o, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -188,9 +136,9 @@ def _sample_scale_rows_kernel(
     mask = cols < inner
     offs = row.to(tl.int64) * inner + cols
     if sc != 0:
-        m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
-        x = _to_acc(tl.load(x_ptr + offs, mask=mask), ACC64)
-        tl.store(out_ptr + offs, _to_out(x * m, out_ptr.dtype.element_ty), mask=mask)
+        m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+        x = to_acc(tl.load(x_ptr + offs, mask=mask), ACC64)
+        tl.store(out_ptr + offs, to_out(x * m, out_ptr.dtype.element_ty), mask=mask)
     else:
         zero = tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs, zero, mask=mask)
@@ -208,12 +156,12 @@ def _sample_scale_tiles_kernel(
     row_ok = rows < nrows
     sc = tl.load(scale_ptr + rows % n, mask=row_ok, other=0)
     kept = sc != 0
-    m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+    m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
     offs = rows[:, None] * inner + cols[None, :]
     mask = row_ok[:, None] & (cols < inner)[None, :]
-    x = _to_acc(tl.load(x_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    x = to_acc(tl.load(x_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     o = tl.where(kept[:, None], x * m[:, None], 0.0)
-    tl.store(out_ptr + offs, _to_out(o, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_out(o, out_ptr.dtype.element_ty), mask=mask)
 
 
 # Every kernel, for the ahead-of-time compile tests.
@@ -276,33 +224,6 @@ def plan(out, sample_dim: int, scale_numel: int):
     if scale_numel == 1 or n == 1:
         return 1, numel
     return n, out.stride(sample_dim)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def _row_block(inner: int) -> int:
-    """Block of the row kernel: the largest power of two <= 4096 leaving <= 1/8 of the row's lanes idle."""
-    if INTERPRET:
-        # Fewer, larger programs run faster on the interpreter; tails still get hit.
-        return min(_MAX_BLOCK, _next_pow2(inner))
-    best, best_waste = _MAX_BLOCK, None
-    b = _MAX_BLOCK
-    while b >= 256:
-        padded = -(-inner // b) * b
-        waste = (padded - inner) / padded
-        if waste <= _MAX_WASTE:
-            return b
-        if best_waste is None or waste < best_waste:
-            best, best_waste = b, waste
-        b //= 2
-    return best
-
-
-def _num_warps(block: int) -> int:
-    # >= 8 elements per thread: a 16-byte vector for 16-bit types, two for fp32.
-    return max(1, min(8, block // 256))
 
 
 @dataclass(frozen=True)
@@ -406,7 +327,7 @@ def launch_params(inner: int, numel: int, config: Optional[LaunchConfig] = None)
     """
     if config is None:
         if type(inner) is int and type(numel) is int:  # not SymInts (tracing): cached, a launch costs host time
-            return _heuristic_params(inner, numel, ROW_KERNEL_MIN_INNER, _MAX_BLOCK, _TILE)
+            return _heuristic_params(inner, numel, ROW_KERNEL_MIN_INNER, MAX_BLOCK, _TILE)
         return _params(inner, numel, _NO_CONFIG)
     if not isinstance(config, LaunchConfig):
         raise TypeError(f"config must be a LaunchConfig or None, got {type(config).__name__}")
@@ -429,20 +350,20 @@ def _params(inner, numel, cfg: LaunchConfig) -> LaunchParams:
     if use_rows is None:
         use_rows = inner >= ROW_KERNEL_MIN_INNER or inner == numel
     if use_rows:
-        block = _row_block(inner) if cfg.block is None else cfg.block
+        block = row_block(inner) if cfg.block is None else cfg.block
         nblk = -(-inner // block)
         rows = numel // inner
-        warps = _num_warps(block) if cfg.num_warps is None else cfg.num_warps
+        warps = num_warps(block) if cfg.num_warps is None else cfg.num_warps
         return LaunchParams(True, block, warps, rows * nblk, nblk=nblk)
-    cols = _next_pow2(inner)
+    cols = next_pow2(inner)
     nrows = numel // inner
     if cfg.block is None:
         rows_per = max(1, _TILE // cols)
         if INTERPRET:
-            rows_per = min(rows_per, _next_pow2(nrows))
+            rows_per = min(rows_per, next_pow2(nrows))
     else:
         rows_per = max(1, cfg.block // cols)
-    warps = _num_warps(rows_per * cols) if cfg.num_warps is None else cfg.num_warps
+    warps = num_warps(rows_per * cols) if cfg.num_warps is None else cfg.num_warps
     return LaunchParams(False, rows_per * cols, warps, -(-nrows // rows_per), nrows=nrows, rows=rows_per, cols=cols)
 
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from .drop_path import INTERPRET, _multiplier, _next_pow2, _num_warps, _to_acc, _to_out, split_alpha
+from .drop_path import split_alpha
+from .common import INTERPRET, multiplier, next_pow2, num_warps, to_acc, to_out
 
 __all__ = ["LsView", "ls_view", "ls_launch_params", "launch_residual_add_ls", "launch_sample_scale_ls",
            "launch_layer_scale_grads", "KERNELS", "MAX_PROGRAMS"]
@@ -83,11 +84,11 @@ def _row_factors(scale_ptr, gamma_ptr, rws, cols, row_ok, col_ok, s_div, n, c_di
     """(kept [ROWS], m [ROWS, 1], gamma broadcastable to [ROWS, COLS]) of a tile, in the math type."""
     sc = tl.load(scale_ptr + (rws // s_div) % n, mask=row_ok, other=0)
     kept = sc != 0
-    m = _multiplier(sc, a_hi, a_mid, a_lo, ACC64)
+    m = multiplier(sc, a_hi, a_mid, a_lo, ACC64)
     if GAMMA_COLS:
-        g = _to_acc(tl.load(gamma_ptr + cols, mask=col_ok, other=0), ACC64)[None, :]
+        g = to_acc(tl.load(gamma_ptr + cols, mask=col_ok, other=0), ACC64)[None, :]
     else:
-        g = _to_acc(tl.load(gamma_ptr + (rws // c_div) % C, mask=row_ok, other=0), ACC64)[:, None]
+        g = to_acc(tl.load(gamma_ptr + (rws // c_div) % C, mask=row_ok, other=0), ACC64)[:, None]
     return kept, m[:, None], g
 
 
@@ -115,10 +116,10 @@ def _ls_add_kernel(
 ):
     offs, mask, kept, m, g = _tile(scale_ptr, gamma_ptr, a_hi, a_mid, a_lo, rows, L, s_div, n, c_div, C, ncb,
                                    ROWS, COLS, GAMMA_COLS, ACC64)
-    r = _to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
-    b = _to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    r = to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
+    b = to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     o = tl.where(kept[:, None], _add(r, _mul(_mul(b, g), m)), r)
-    tl.store(out_ptr + offs, _to_out(o, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_out(o, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -129,18 +130,18 @@ def _ls_scale_kernel(
 ):
     offs, mask, kept, m, g = _tile(scale_ptr, gamma_ptr, a_hi, a_mid, a_lo, rows, L, s_div, n, c_div, C, ncb,
                                    ROWS, COLS, GAMMA_COLS, ACC64)
-    x = _to_acc(tl.load(x_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    x = to_acc(tl.load(x_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     o = tl.where(kept[:, None], _mul(_mul(x, g), m), 0.0)
-    tl.store(out_ptr + offs, _to_out(o, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_out(o, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _ls_grads_tile(gb_ptr, go_ptr, br_ptr, offs, mask, kept, m, g, ACC64: tl.constexpr):
     """grad_branch of a tile (stored) and its gamma-gradient terms (grad * m) * branch (0 where dropped)."""
-    go = _to_acc(tl.load(go_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
-    b = _to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    go = to_acc(tl.load(go_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
+    b = to_acc(tl.load(br_ptr + offs, mask=mask & kept[:, None], other=0), ACC64)
     gb = tl.where(kept[:, None], _mul(_mul(go, g), m), 0.0)
-    tl.store(gb_ptr + offs, _to_out(gb, gb_ptr.dtype.element_ty), mask=mask)
+    tl.store(gb_ptr + offs, to_out(gb, gb_ptr.dtype.element_ty), mask=mask)
     return tl.where(kept[:, None] & mask, _mul(_mul(go, m), b), 0.0)
 
 
@@ -284,19 +285,19 @@ def _cached_params(rows, L, backward, gamma_cols, _tile, _max_cols, _max_program
 
 def _params(rows, L, backward: bool, gamma_cols: bool) -> LsLaunch:
     if backward and not gamma_cols:  # a program per ROWS rows, looping over the columns
-        cols = min(_next_pow2(L), 1024)
-        rt = max(1, min(_TILE // cols, _next_pow2(rows)))
-        return LsLaunch(rt, cols, _num_warps(rt * cols), -(-rows // rt), 1)
-    cols = min(_next_pow2(L), _MAX_COLS)
+        cols = min(next_pow2(L), 1024)
+        rt = max(1, min(_TILE // cols, next_pow2(rows)))
+        return LsLaunch(rt, cols, num_warps(rt * cols), -(-rows // rt), 1)
+    cols = min(next_pow2(L), _MAX_COLS)
     ncb = -(-L // cols)
     rt = max(1, _TILE // cols)
     if INTERPRET:
-        rt = min(rt, _next_pow2(rows))
+        rt = min(rt, next_pow2(rows))
     if not backward:
-        return LsLaunch(rt, cols, _num_warps(rt * cols), -(-rows // rt) * ncb, ncb)
+        return LsLaunch(rt, cols, num_warps(rt * cols), -(-rows // rt) * ncb, ncb)
     groups = max(1, min(-(-rows // rt), MAX_PROGRAMS // ncb))
     per = -(-rows // groups)
-    return LsLaunch(rt, cols, _num_warps(rt * cols), groups * ncb, ncb, groups, per)
+    return LsLaunch(rt, cols, num_warps(rt * cols), groups * ncb, ncb, groups, per)
 
 
 def _identity(kernel):

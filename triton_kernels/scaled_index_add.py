@@ -51,17 +51,8 @@ _TILE = 4096
 # Shared with the core kernels: conversion to the math type, rounding to the
 # output type, alpha's fp32 split and the block/warp choice.
 # TRITON_INTERPRET too, read once there.
-from .drop_path import INTERPRET, _next_pow2, _num_warps, _row_block, split_alpha  # noqa: E402
-from .drop_path import _to_acc as _acc  # noqa: E402
-from .drop_path import _to_out as _round_to  # noqa: E402
-
-
-@triton.jit
-def _alpha(a_hi, a_mid, a_lo, ACC64: tl.constexpr):
-    if ACC64:
-        return tl.cast(a_hi, tl.float64) + tl.cast(a_mid, tl.float64) + tl.cast(a_lo, tl.float64)
-    else:
-        return tl.cast(a_hi, tl.float32)
+from .drop_path import split_alpha
+from .common import INTERPRET, alpha_value, next_pow2, num_warps, row_block, to_acc, to_out
 
 
 @triton.jit
@@ -79,14 +70,14 @@ def _sia_rows_kernel(
     cols = cb.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inner
     offs = row.to(tl.int64) * inner + cols
-    r = _acc(tl.load(res_ptr + offs, mask=mask), ACC64)
+    r = to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
     if j >= 0:
-        m = _alpha(a_hi, a_mid, a_lo, ACC64)
+        m = alpha_value(a_hi, a_mid, a_lo, ACC64)
         soffs = (o.to(tl.int64) * k + j) * inner + cols
-        b = _acc(tl.load(src_ptr + soffs, mask=mask), ACC64)
-        tl.store(out_ptr + offs, _round_to(r + b * m, out_ptr.dtype.element_ty), mask=mask)
+        b = to_acc(tl.load(src_ptr + soffs, mask=mask), ACC64)
+        tl.store(out_ptr + offs, to_out(r + b * m, out_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.store(out_ptr + offs, _round_to(r, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, to_out(r, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -102,14 +93,14 @@ def _sia_tiles_kernel(
     j = tl.load(inv_ptr + rows % n, mask=row_ok, other=-1)
     kept = j >= 0
     o = rows // n
-    m = _alpha(a_hi, a_mid, a_lo, ACC64)
+    m = alpha_value(a_hi, a_mid, a_lo, ACC64)
     mask = row_ok[:, None] & (cols < inner)[None, :]
     offs = rows[:, None] * inner + cols[None, :]
     soffs = (o * k + j)[:, None] * inner + cols[None, :]
-    r = _acc(tl.load(res_ptr + offs, mask=mask), ACC64)
-    b = _acc(tl.load(src_ptr + soffs, mask=mask & kept[:, None], other=0), ACC64)
+    r = to_acc(tl.load(res_ptr + offs, mask=mask), ACC64)
+    b = to_acc(tl.load(src_ptr + soffs, mask=mask & kept[:, None], other=0), ACC64)
     res = tl.where(kept[:, None], r + b * m, r)
-    tl.store(out_ptr + offs, _round_to(res, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_out(res, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -127,9 +118,9 @@ def _is_rows_kernel(
     cols = cb.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inner
     goffs = (o.to(tl.int64) * n + s) * inner + cols
-    m = _alpha(a_hi, a_mid, a_lo, ACC64)
-    g = _acc(tl.load(g_ptr + goffs, mask=mask), ACC64)
-    tl.store(out_ptr + row.to(tl.int64) * inner + cols, _round_to(g * m, out_ptr.dtype.element_ty), mask=mask)
+    m = alpha_value(a_hi, a_mid, a_lo, ACC64)
+    g = to_acc(tl.load(g_ptr + goffs, mask=mask), ACC64)
+    tl.store(out_ptr + row.to(tl.int64) * inner + cols, to_out(g * m, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -146,10 +137,10 @@ def _is_tiles_kernel(
     o = rows // k
     mask = row_ok[:, None] & (cols < inner)[None, :]
     goffs = (o * n + s)[:, None] * inner + cols[None, :]
-    m = _alpha(a_hi, a_mid, a_lo, ACC64)
-    g = _acc(tl.load(g_ptr + goffs, mask=mask), ACC64)
+    m = alpha_value(a_hi, a_mid, a_lo, ACC64)
+    g = to_acc(tl.load(g_ptr + goffs, mask=mask), ACC64)
     offs = rows[:, None] * inner + cols[None, :]  # one int64 offset (not ptr + row part + int32 cols)
-    tl.store(out_ptr + offs, _round_to(g * m, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_out(g * m, out_ptr.dtype.element_ty), mask=mask)
 
 
 #: Every kernel, for ahead-of-time compile checks.
@@ -190,20 +181,20 @@ def _launch(rows_kernel, tiles_kernel, tensors, alpha, n, inner, k, out_rows, ac
     hi, mid, lo = split_alpha(alpha)
     wrap = wrap or (lambda kern: kern)
     if inner >= ROW_KERNEL_MIN_INNER or out_rows == 1:
-        block = _row_block(inner)
+        block = row_block(inner)
         nblk = -(-inner // block)
         wrap(rows_kernel)[(out_rows * nblk,)](
             *tensors, hi, mid, lo, inner, n, k, nblk,
-            BLOCK=block, ACC64=acc64, num_warps=_num_warps(block),
+            BLOCK=block, ACC64=acc64, num_warps=num_warps(block),
         )
     else:
-        cols = _next_pow2(inner)
+        cols = next_pow2(inner)
         rows_per = max(1, _TILE // cols)
         if INTERPRET:
-            rows_per = min(rows_per, _next_pow2(out_rows))
+            rows_per = min(rows_per, next_pow2(out_rows))
         wrap(tiles_kernel)[(-(-out_rows // rows_per),)](
             *tensors, hi, mid, lo, inner, n, k, out_rows,
-            ROWS=rows_per, COLS=cols, ACC64=acc64, num_warps=_num_warps(rows_per * cols),
+            ROWS=rows_per, COLS=cols, ACC64=acc64, num_warps=num_warps(rows_per * cols),
         )
 
 

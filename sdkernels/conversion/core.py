@@ -27,9 +27,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-from .. import _fx, functional, nn as sdk_nn
-from ..add_norm import drop_path_add_norm
-from ..skip import COUNTS, drop_path_residual
+from .. import _fx, checks, functional, nn as sdk_nn
+from ..functional import drop_path_add_norm, drop_path_residual
 
 __all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "active_draw", "residual_site",
            "has_batchnorm", "run_sequence", "norm_of", "residual_norm_site", "is_drop_path_module",
@@ -99,7 +98,7 @@ class Pattern:
         return None
 
 
-_PATTERNS: Dict[type, Pattern] = {}
+PATTERNS: Dict[type, Pattern] = {}
 
 
 def qualname(cls: type) -> str:
@@ -110,7 +109,7 @@ def register(pattern: Pattern) -> Pattern:
     """Add a block pattern (keyed by its exact class; a later one replaces an earlier one)."""
     if not isinstance(pattern, Pattern):
         raise TypeError(f"register takes a Pattern, got {type(pattern).__name__}")
-    _PATTERNS[pattern.cls] = pattern
+    PATTERNS[pattern.cls] = pattern
     return pattern
 
 
@@ -119,7 +118,7 @@ def pattern_for(module: nn.Module) -> Tuple[Optional[Pattern], Optional[str]]:
     among its bases but it cannot, ``(None, None)`` when no pattern knows it."""
     cls = type(module)
     for base in cls.__mro__:
-        pat = _PATTERNS.get(base)
+        pat = PATTERNS.get(base)
         if pat is None:
             continue
         if cls.forward is not base.forward:
@@ -383,6 +382,5 @@ def validate(skip, count, backend, fuse_norm=True) -> None:
         raise TypeError(f"skip must be a bool, got {type(skip).__name__}")
     if not isinstance(fuse_norm, bool):
         raise TypeError(f"fuse_norm must be a bool, got {type(fuse_norm).__name__}")
-    if count not in COUNTS:
-        raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
-    functional.check_backend_name(backend)
+    checks.check_count(count)
+    checks.check_backend_name(backend)
