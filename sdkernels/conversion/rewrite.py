@@ -247,6 +247,15 @@ class Rewriter:
 
     def _why_not_added(self, stmt, v: str) -> str:
         """The construct that uses the drop path's output ``v`` in ``stmt`` (when it is not a plain add)."""
+        if isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.Name) and stmt.value.id == v:
+            return f"no residual add: returned as is: `{snippet(stmt)}`"
+        for n in ast.walk(stmt):  # an add of a slice or reshape of v
+            if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add):
+                for side in (n.left, n.right):
+                    if (isinstance(side, ast.Subscript) and _loads(side.value, v)) or (
+                            isinstance(side, ast.Call) and isinstance(side.func, ast.Attribute)
+                            and side.func.attr in _RESHAPES and _loads(side.func.value, v)):
+                        return f"reshape or slice between drop path and add: `{snippet(stmt)}`"
         for n in ast.walk(stmt):
             if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Mult, ast.Div)) and (_loads(n.left, v)
                                                                                     or _loads(n.right, v)):
@@ -261,7 +270,7 @@ class Rewriter:
                     return f"no residual add: concatenated: `{snippet(stmt)}`"
             if isinstance(n, ast.Subscript) and _loads(n.value, v):
                 return f"reshape or slice between drop path and add: `{snippet(stmt)}`"
-        return f"drop-path output used before any add: `{snippet(stmt)}`"
+        return f"no residual add: the output feeds `{snippet(stmt)}`"
 
     def _deferred(self, stmts: List[ast.stmt], i: int, frame: _Frame) -> Optional[Tuple[List[ast.stmt], int]]:
         """The deferred form starting at ``stmts[i]``: (replacement statements, index after the use), or None
