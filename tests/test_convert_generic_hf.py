@@ -62,3 +62,15 @@ def test_hf_model_same_samples(name, monkeypatch):
     conv.eval()
     with torch.no_grad():
         assert torch.equal(_out(conv, x, 0), _out(orig, x, 0))
+
+
+def test_models_suite_runs_hf_dinov2():
+    """The models suite's hf-dinov2-small (tiny image here): eager and convert timed, convert-skip not (same)."""
+    from benchmarks import models
+
+    rows = models.run_models("cpu", models=["hf-dinov2-small"], rates=[0.4], providers=("eager", "convert",
+                                                                                          "convert-skip"),
+                             batch=2, repeats=1, img_size=28)
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["status"] == by["convert"]["status"] == "ok" and by["convert"]["time_ms"] > 0
+    assert by["convert-skip"]["status"] == "skipped"
