@@ -10,6 +10,6 @@ benchmarks --help`` lists the flags, ``--list`` the names.  Modules:
 - :mod:`benchmarks.opsuite`: the op suite; :mod:`benchmarks.e2e`: the ViT-B block step;
 - :mod:`benchmarks.report`: the row schema, CSV, table, headline;
 - :mod:`benchmarks.plot`: PNGs from a CSV (``python -m benchmarks.plot file.csv``);
-- ``benchmarks/blocks.py`` (issue 5): the skip-path block suite, ``--suite blocks``;
-- ``benchmarks/gpu_check.sh``: the one-shot check for a lent GPU machine.
+- ``benchmarks/blocks.py``: the skip-path block suite, ``--suite blocks``;
+- ``benchmarks/gpu_check.sh``: the one-shot check of a GPU machine.
 """

@@ -1,4 +1,4 @@
-"""The block suite (issue 5): residual blocks with stochastic depth, forward+backward.
+"""The block suite: residual blocks with stochastic depth, forward+backward.
 
 Two blocks, each built once per p with identical weights for every provider:
 
@@ -56,7 +56,7 @@ launch-bound GPU ``gpu_busy_ms`` is well under ``time_ms`` and the launch
 counts say where the host time goes; a provider slower than eager by more
 than its own op costs shows it in these lists.
 
-The goal (issue 5): ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
+The goal: ``time(skip) / time(eager) <= (1 - p) + margin`` with margin
 0.1 on a GPU (bf16, batch 64) and 0.15 on CPU (fp32).  Rows carry
 ``time_ratio_vs_eager``, ``goal_ratio``, ``kept`` and ``realised_p``.
 

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--suite", default=None,
                     help=f"suites among {', '.join(S.SUITES)} or 'all' (default: ops,e2e; blocks, models, train and host "
                          "are opt-in: models takes tens of minutes on a 2-core CPU, mostly compiling; host times "
-                         "per-call host cost against eager; 'all' runs every suite)")
+                         "per-call host cost against eager; 'all' runs every suite; 'zoo' alone: convert's coverage "
+                         "of timm, torchvision and transformers on the meta device)")
     ap.add_argument("--ops", default=None,
                     help=f"ops among {', '.join(S.OPS)} (default: drop_path_add; drop_path_add_ls (LayerScale) and the "
                          "add + norm ops have their own default sizes, and the add + norm ops their own p)")
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         print(_list_names())
         return 0
     try:
-        suites = S.parse_names("suite", a.suite, S.SUITES + ("all",)) or ["ops", "e2e"]
+        suites = S.parse_names("suite", a.suite, S.SUITES + ("all", "zoo")) or ["ops", "e2e"]
         if "all" in suites:
             suites = list(S.SUITES)
         ops = S.parse_names("op", a.ops, S.OPS) or ["drop_path_add"]
@@ -133,6 +134,10 @@ def main(argv=None) -> int:
         providers = S.parse_names("provider", a.providers, P.all_providers()) or list(P.default_providers())
     except ValueError as e:
         ap.error(str(e))
+    if "zoo" in suites:  # convert's coverage of the model zoo: meta device, no timing (benchmarks/zoo.py)
+        from . import zoo
+
+        return zoo.main(out=a.out, quick=a.quick, name=a.name)
     ps = _parse_ps(a.ps, ap)
     if a.repeats is not None and a.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -171,7 +176,7 @@ def main(argv=None) -> int:
         import importlib.util
 
         if importlib.util.find_spec(__package__ + ".blocks") is None:
-            ap.error("--suite blocks: benchmarks/blocks.py (the skip-path block suite, issue 5) is not there yet; "
+            ap.error("--suite blocks: benchmarks/blocks.py (the skip-path block suite) is not there yet; "
                      f"valid suites now: {', '.join(s for s in S.SUITES if s != 'blocks')}")
         blocks_mod = importlib.import_module(__package__ + ".blocks")
         if not hasattr(blocks_mod, "run_block_suite"):

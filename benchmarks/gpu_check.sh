@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot check for a lent GPU machine (torch 2.11, triton 3.6, 16 cores, no internet):
+# One-shot check of a GPU machine (torch 2.11, triton 3.6, 16 cores, no internet):
 #
 #   bash benchmarks/gpu_check.sh            # build, tests on CUDA, memcheck, default benchmark
 #   bash benchmarks/gpu_check.sh --dry-run  # no GPU needed: the script's logic, a tiny CPU benchmark (CI)
@@ -14,11 +14,12 @@
 #   3. tests   the whole suite but the Triton-interpreter tests, on CUDA (pytest-xdist when present)
 #   4. memcheck  compute-sanitizer --tool memcheck on benchmarks/sanitize_case.py
 #   5. blocks  python -m benchmarks.blocks, eager (profiled) and CUDA-graph timers
+#   5a. host  python -m benchmarks.host: per-call host cost of every public path against eager (cap 45)
 #   5b. models python -m benchmarks.models: ViT-B/16 training steps, eager vs sdkernels.convert (cap 60)
 #   6. sweep   python -m benchmarks.triton_sweep --quick: Triton launch configs, correctness and % of copy BW
-#   7. bench   python -m benchmarks: the add + norm ops (issue 14: add_layernorm, add_rmsnorm at p = 0.1
+#   7. bench   python -m benchmarks: the add + norm ops (add_layernorm, add_rmsnorm at p = 0.1
 #              against eager, torch.compile, flash-attention and Liger where installed) and the LayerScale
-#              rows (issue 13) first, never measured on a GPU yet, then the default drop_path_add suite;
+#              rows first, never measured on a GPU yet, then the default drop_path_add suite;
 #              each op row also timed as a CUDA graph
 # Logs, CSV, table and plots go to $OUT when set (at most 8 files: gpu_check.log, summary.txt,
 # suites-<date>.tar.gz (the blocks and models CSVs), <stem>.csv/.txt/-speedup.png/-bandwidth.png/-e2e.png),
@@ -170,7 +171,7 @@ else
     record memcheck "$ST" "${ERRS:-no sanitizer summary}; $(grep -E '^sanitize_case' "$STEP_OUT" | cut -c15-60 | tr '\n' ';')"
 fi
 
-# ---- 5. block suite (skip path, issue 5) -----------------------------------------------------
+# ---- 5. block suite (skip path) -----------------------------------------------------
 # Eager steps (wall) and CUDA-graph replays (graph: the GPU work alone), in one CSV.
 if [ "$DRY" = 1 ]; then
     BLK=("$PY" -m benchmarks.blocks --device cpu --batch 2 --ps 0.5 --repeats 1 --blocks resnet_bottleneck
@@ -192,7 +193,21 @@ else
     record blocks "$(rc_status $STEP_RC)" "$(grep -c -E ' (ok|MISS)(  \[|$)' "$DEST/.blocks_table") skip rows: $(grep -c -E ' ok(  \[|$)' "$DEST/.blocks_table") meet the goal"
 fi
 
-# ---- 5b. models suite (issue 12): ViT-B/16 training steps, eager vs sdkernels.convert ------------
+# ---- 5a. host suite: per-call host cost of every public path against eager (launch-bound size) ----------
+if [ "$DRY" = 1 ]; then
+    HOST=("$PY" -m benchmarks.host --device cpu --rounds 1 --cases drop_path_add,nn.DropPathAdd)
+else
+    HOST=("$PY" -m benchmarks.host --device cuda --rounds 5)
+fi
+if [ "$IMPORT_OK" != 0 ]; then
+    STEP_SECS=0; record host SKIP "sdkernels does not import"
+else
+    run_step host "${GPU_HOST_CAP:-45}" 115 "${HOST[@]}"
+    grep -E " (ok|MISS)$" "$STEP_OUT" > "$DEST/.host_table" 2>/dev/null
+    record host "$(rc_status $STEP_RC)" "$(grep -c . "$DEST/.host_table") rows: $(grep -c -E ' ok$' "$DEST/.host_table") meet the goal"
+fi
+
+# ---- 5b. models suite: ViT-B/16 training steps, eager vs sdkernels.convert ------------
 if [ "$DRY" = 1 ]; then
     MOD=("$PY" -m benchmarks.models --device cpu --models vit_tiny_patch16_224 --rates 0.4 --batch 2 --repeats 1
          --img-size 32 --providers eager,convert,convert-skip --out "$DEST" --name models-dry-run)
@@ -218,7 +233,7 @@ else
     fi
 fi
 
-# ---- 6. Triton launch-config sweep (issue 3) -----------------------------------------------------
+# ---- 6. Triton launch-config sweep -----------------------------------------------------
 if [ "$IMPORT_OK" != 0 ]; then
     STEP_SECS=0; record sweep SKIP "sdkernels does not import"
 elif [ "$DRY" = 1 ]; then
@@ -265,7 +280,7 @@ BST=$(rc_status $STEP_RC)
 record bench "$BST" "$NROWS rows in $(basename "${CSV:-none}"), $NPNG PNGs"
 
 # ---- summary -----------------------------------------------------------------------------------
-# A lent run brings back at most 8 files: the per-suite CSVs (blocks, models) travel as one tarball.
+# The per-suite CSVs (blocks, models) travel as one tarball.
 SUITE_CSVS=$(cd "$DEST" && ls blocks-*.csv models-*.csv 2>/dev/null)
 if [ -n "$SUITE_CSVS" ]; then
     (cd "$DEST" && tar czf "suites-$(date +%Y-%m-%d).tar.gz" $SUITE_CSVS && rm -f $SUITE_CSVS)
@@ -288,6 +303,11 @@ FAILED=0
         echo
         echo "models suite (time / eager; goals at rate 0.4: convert 0.98, convert-skip 0.85):"
         cat "$DEST/.models_table"
+    fi
+    if [ -s "$DEST/.host_table" ]; then
+        echo
+        echo "host suite (us per call, eager vs sdkernels; goals: fwd <= 0.67, fwd+bwd <= 0.87, block <= 1.0):"
+        cat "$DEST/.host_table"
     fi
     if [ -s "$DEST/.blocks_table" ]; then
         echo

@@ -1,4 +1,4 @@
-"""The models suite (issue 12): real timm models' training steps, eager against ``sdkernels.convert``.
+"""The models suite: real timm models' training steps, eager against ``sdkernels.convert``.
 
 A step is forward, cross-entropy on random labels, backward and an SGD step, on random images.
 Providers, each on its own deep copy of one randomly initialised model (same weights), steps
@@ -15,7 +15,11 @@ interleaved (A B C A B C ...), medians of synchronised wall-clock times:
   ``compile`` is the baseline of the other three (``speedup_vs_compile``).
 
 Models: ViT-S/16 (``vit_small_patch16_224``), DeiT III-S (``deit3_small_patch16_224``, LayerScale)
-and ConvNeXt-Atto, at drop_path_rate 0.1 and 0.4; on CUDA also ViT-B/16 (batch 128).  CPU: fp32,
+and ConvNeXt-Atto, at drop_path_rate 0.1 and 0.4; on CUDA also ViT-B/16 (batch 128).  On request
+(``--models``), two that only the generic rewrite converts: CaiT-XXS24 (``cait_xxs24_224``, LayerScale
+blocks) and ``hf-dinov2-small`` (Hugging Face ``Dinov2ForImageClassification`` with DINOv2-S's config:
+384 wide, 12 layers, patch 14; HF's draw).  For them ``convert-skip`` and ``convert-nonorm`` are
+``convert`` (no skip path or add + norm block there) and are not timed.  CPU: fp32,
 batch 16.  CUDA: bf16 autocast (fp32 weights and residual stream), batch 128.
 
 Goals (``goal_ratio`` column: time / baseline must be at most this, at rate 0.4; the issue sets them
@@ -39,7 +43,10 @@ from .timing import time_interleaved
 
 __all__ = ["MODELS", "PROVIDERS", "RATES", "run_models", "default_models", "default_batch", "main"]
 
-MODELS = ("vit_small_patch16_224", "deit3_small_patch16_224", "convnext_atto", "vit_base_patch16_224")
+MODELS = ("vit_small_patch16_224", "deit3_small_patch16_224", "convnext_atto", "vit_base_patch16_224",
+          "cait_xxs24_224", "hf-dinov2-small")
+#: models whose blocks only the generic rewrite converts: convert-skip and convert-nonorm are convert there
+GENERIC_ONLY = ("cait_xxs24_224", "hf-dinov2-small")
 EAGER_PROVIDERS = ("eager", "convert", "convert-skip", "convert-nonorm")
 COMPILED_PROVIDERS = ("compile", "compile-convert", "compile-convert-skip", "compile-convert-nonorm")
 PROVIDERS = EAGER_PROVIDERS + COMPILED_PROVIDERS
@@ -55,17 +62,39 @@ GOAL_RATE = 0.4
 
 
 def default_models(device: str) -> Sequence[str]:
-    return MODELS if device == "cuda" else MODELS[:3]
+    return MODELS[:4] if device == "cuda" else MODELS[:3]
 
 
 def default_batch(device: str) -> int:
     return 128 if device == "cuda" else 16
 
 
+class _Logits(torch.nn.Module):
+    """A Hugging Face image classifier called as ``model(x) -> logits``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(pixel_values=x).logits
+
+
+def _build_hf_dinov2(rate: float, img_size: int):
+    import transformers
+
+    cfg = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                    intermediate_size=1536, image_size=img_size, patch_size=14,
+                                    drop_path_rate=rate, num_labels=1000)
+    return _Logits(transformers.Dinov2ForImageClassification(cfg))
+
+
 def _build(name: str, rate: float, device: str, img_size: int = 224, seed: int = 0):
     import timm
 
     torch.manual_seed(seed)
+    if name == "hf-dinov2-small":
+        return _build_hf_dinov2(rate, img_size).to(device).train()
     kw = {} if img_size == 224 or name.startswith("convnext") else {"img_size": img_size}
     return timm.create_model(name, pretrained=False, drop_path_rate=rate, num_classes=1000, **kw).to(device).train()
 
@@ -119,6 +148,11 @@ def run_models(device: str, models: Optional[Sequence[str]] = None, rates: Seque
                         "layout": "contiguous"}
             my = [dict(base_row, provider=prov, status="ok", time_ms=None) for prov in providers]
             rows += my
+            if name in GENERIC_ONLY:
+                for r in my:
+                    if r["provider"].endswith(("skip", "nonorm")):
+                        r.update(status="skipped", note="same as convert here: no hand-written block in this model")
+                my = [r for r in my if r["status"] == "ok"]
             if deadline is not None and time.monotonic() > deadline:
                 for r in my:
                     r.update(status="skipped", note="time limit reached")

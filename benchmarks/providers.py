@@ -46,7 +46,7 @@ scale                      -                              2 N e_o
 sdk-reference              not counted (a spec, many passes: GB/s left blank)
 =========================  =============================  ===================================
 
-LayerScale (op ``drop_path_add_ls``, issue 13: ``residual + drop_path(gamma *
+LayerScale (op ``drop_path_add_ls``: ``residual + drop_path(gamma *
 branch)``, gamma of C << N values in the output dtype, its traffic left out;
 e_l = bytes of promote(branch, gamma), the dtype of ``branch * gamma``):
 
@@ -72,7 +72,7 @@ fused N (q e_x + e_x) both ways, eager and compile 2 N e_x.  Rows of the
 fwd+bwd mode count the sum.
 
 The add + norm ops (``add_layernorm``, ``add_rmsnorm``: ``x = residual +
-drop_path(branch)``, ``h = norm(x)``, issue 14) have their own providers:
+drop_path(branch)``, ``h = norm(x)``) have their own providers:
 ``eager_timm`` (timm-style drop path, the add, ``F.layer_norm`` / ``F.rms_norm``),
 ``compile`` (``torch.compile`` of it), ``sdk-<backend>``
 (``sdkernels.drop_path_add_norm``), ``flash_attn`` (flash-attention's Triton

@@ -449,7 +449,7 @@ def _gpu_part(name: str, r: Dict) -> str:
     return _ratio_part(name, r, "gpu_")
 
 
-#: ops of the headline: the fused add, and with LayerScale (issue 13)
+#: ops of the headline: the fused add, and with LayerScale
 HEADLINE_OPS = ("drop_path_add", "drop_path_add_ls")
 
 
@@ -522,7 +522,7 @@ NORM_OPS = ("add_layernorm", "add_rmsnorm")
 
 
 def _norm_headline(rows: Sequence[Dict]) -> List[str]:
-    """The add + norm ops (issue 14): per op, case, p and sdk backend, the forward and backward
+    """The add + norm ops: per op, case, p and sdk backend, the forward and backward
     against eager, compile and the other libraries' fused kernels (time ratios), with their
     fractions of the copy bandwidth; then the same from the kernels' own times (gpu_ms)."""
     keys = []

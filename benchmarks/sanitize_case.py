@@ -7,9 +7,9 @@
 Odd shapes (tails, one block spanning rows, sample_dim 1, channels_last),
 fp32/bf16/mixed dtypes, p in {0.5, 1}; both ops, forward and backward, each
 checked against ``sdkernels.reference`` with the same seeded draw; the
-LayerScale ops (issue 13: ``layer_scale=gamma``, every row-view kind, few
+LayerScale ops (``layer_scale=gamma``, every row-view kind, few
 rows with many channels), output and the three gradients; then the
-add + norm op (issue 14) on short, long (streaming / loop-path) and unaligned
+add + norm op on short, long (streaming / loop-path) and unaligned
 rows, LayerNorm and RMSNorm with LayerScale, all five gradients.  With the
 caching allocator off (the variable above), an out-of-bounds access lands
 outside its allocation, where memcheck sees it.  Exit status 1 on a mismatch.
@@ -76,7 +76,7 @@ def run(device: str, backends) -> int:
                                   f"dtypes={rd},{bd} p={p} output#{k}")
                     n += 1
     skip_path = getattr(sdkernels, "drop_path_residual", None)
-    if skip_path is not None:  # the skip path (issue 5), when it is there: memory safety only
+    if skip_path is not None:  # the skip path, when it is there: memory safety only
         lin = torch.nn.Linear(33, 33).to(device)
         x = torch.randn(6, 7, 33, device=device, requires_grad=True)
         for be in [b for b in backends if b in sdkernels.available_backends("skip")]:
@@ -86,7 +86,7 @@ def run(device: str, backends) -> int:
                 y = skip_path(x, lin, 0.5)
             y.sum().backward()
             n += 1
-    # ---- LayerScale (issue 13): the three ops, forward and the three gradients ----
+    # ---- LayerScale: the three ops, forward and the three gradients ----
     n_ls, bad_ls = run_layer_scale(device, backends)
     n += n_ls
     bad += bad_ls
@@ -153,7 +153,7 @@ def run_layer_scale(device: str, backends):
     return n, bad
 
 
-# ---- add + norm (issue 14) -----------------------------------------------------------------------
+# ---- add + norm -----------------------------------------------------------------------
 # Row lengths: short rows, a tail, rows past the CUDA register budget (streaming) and Triton's loop
 # path (H > 16384); a storage offset of one element (unaligned rows: the scalar path).
 NORM_SHAPES = [

@@ -74,10 +74,10 @@ _SIZE_LIST = [
     Size("resnet50", (64, 256, 56, 56), about="ResNet-50 stage-1 activation, NCHW"),
     Size("resnet50-cl", (64, 256, 56, 56), channels_last=True, about="ResNet-50 stage-1 activation, channels_last"),
     Size("llm", (2048, 8, 4096), sample_dim=1, about="LLM layer, seq-first [S, B, H], sample_dim=1"),
-    # LayerScale (issue 13): ConvNeXt-T stage 1, gamma on channel_dim 1 of channels_last NCHW.
+    # LayerScale: ConvNeXt-T stage 1, gamma on channel_dim 1 of channels_last NCHW.
     Size("convnext-s1-cl", (64, 96, 56, 56), channels_last=True, channel_dim=1,
          about="ConvNeXt stage-1 activation, channels_last, LayerScale on dim 1"),
-    # add + norm (issue 14): LLM rows of 8192 (16384 rows, like llm's 16384 rows of 4096)
+    # add + norm: LLM rows of 8192 (16384 rows, like llm's 16384 rows of 4096)
     Size("llm-8k", (2048, 8, 8192), sample_dim=1, about="LLM layer, 16384 rows of 8192, seq-first, sample_dim=1"),
 ]
 SIZES: Dict[str, Size] = {s.name: s for s in _SIZE_LIST}
@@ -96,8 +96,8 @@ DTYPES: Dict[str, Tuple[torch.dtype, torch.dtype]] = {
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd-nograd")
 DEFAULT_MODES = ("fwd", "bwd", "fwd+bwd")
 #: drop_path_add: residual + drop_path(branch); drop_path: drop_path(x) alone;
-#: drop_path_add_ls: residual + drop_path(gamma * branch) (LayerScale, issue 13; opt-in);
-#: add_layernorm / add_rmsnorm (issue 14): x = residual + drop_path(branch) and h = norm(x) over the last dim.
+#: drop_path_add_ls: residual + drop_path(gamma * branch) (LayerScale; opt-in);
+#: add_layernorm / add_rmsnorm: x = residual + drop_path(branch) and h = norm(x) over the last dim.
 OPS = ("drop_path_add", "drop_path", "drop_path_add_ls", "add_layernorm", "add_rmsnorm")
 NORM_OPS = ("add_layernorm", "add_rmsnorm")
 #: ops: the op suite; e2e: ViT-B block training step; blocks: skip-path block suite; models: real timm
@@ -155,7 +155,7 @@ _GPU_DEFAULT = [
     ("resnet50-cl", "bf16"),
 ]
 _QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]
-# LayerScale (issue 13): ViT-B tokens (gamma on the last dim) and ConvNeXt stage 1 channels_last.
+# LayerScale: ViT-B tokens (gamma on the last dim) and ConvNeXt stage 1 channels_last.
 _LS_CPU = [("vit-b", "fp32"), ("vit-b", "bf16"), ("convnext-s1-cl", "fp32")]
 _LS_GPU = [("vit-b", "fp32"), ("vit-b", "bf16"), ("convnext-s1-cl", "bf16"), ("convnext-s1-cl", "fp32")]
 _LS_QUICK = [("small", "fp32"), ("vit-b-half", "bf16")]

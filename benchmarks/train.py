@@ -1,4 +1,4 @@
-"""The train suite (issue 12): does a converted model train to the same accuracy?
+"""The train suite: does a converted model train to the same accuracy?
 
 A small timm ViT (8x8 images, patch 2, dim 64, depth 6, 4 heads, drop_path_rate 0.2) trains on
 scikit-learn's bundled digits (1797 real 8x8 handwritten digits, 10 classes, shipped inside the

@@ -7,13 +7,13 @@ are unchanged by convert and unconvert; the report has one row per drop-path sit
 with p > 0 "eager"; unconvert restores every forward and module; a second convert changes nothing.
 """
 import copy
-import io
 
 import pytest
 import torch
 from torch import nn
 
 import sdkernels
+from _convert_steps import assert_grads_close, assert_same_forward, pickled, train_step
 from sdkernels import conversion
 from sdkernels.conversion import core
 
@@ -60,21 +60,6 @@ def _build(name):
     return model, x
 
 
-def _step(model, x, seed):
-    """Forward + backward under ``seed``: (output, {param name: grad})."""
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    out = model(x)
-    out.square().mean().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _assert_grads_close(got, expect, **tol):
-    assert got.keys() == expect.keys()
-    for n in expect:
-        torch.testing.assert_close(got[n], expect[n], msg=n, **tol)
-
-
 def _foreign_drop_paths(model):
     return [m for m in model.modules() if isinstance(m, (TimmDropPath, TvStochasticDepth))]
 
@@ -115,13 +100,13 @@ def test_convert_model(name):
     for fuse_norm in (False, True):
         sdkernels.convert(conv, fuse_norm=fuse_norm)
         for seed in (1, 2):
-            out_o, g_o = _step(orig, x, seed)
-            out_c, g_c = _step(conv, x, seed)
+            out_o, g_o = train_step(orig, x, seed)
+            out_c, g_c = train_step(conv, x, seed)
             if fuse_norm and name in NORM_FUSED:
                 torch.testing.assert_close(out_c, out_o, rtol=1e-5, atol=1e-5)
             else:
                 assert torch.equal(out_c, out_o), (name, seed, (out_c - out_o).abs().max())
-            _assert_grads_close(g_c, g_o, rtol=1e-4 if fuse_norm else 1e-5, atol=1e-6)
+            assert_grads_close(g_c, g_o, rtol=1e-4 if fuse_norm else 1e-5, atol=1e-6)
 
     # eval: the original expressions, bitwise
     orig.eval()
@@ -160,10 +145,10 @@ def test_skip_bernoulli_equals_original(name):
     orig.train()
     conv.train()
     for seed in (3, 4):
-        out_o, g_o = _step(orig, x, seed)
-        out_c, g_c = _step(conv, x, seed)
+        out_o, g_o = train_step(orig, x, seed)
+        out_c, g_c = train_step(conv, x, seed)
         torch.testing.assert_close(out_c, out_o, rtol=1e-4, atol=1e-5)
-        _assert_grads_close(g_c, g_o, rtol=1e-3, atol=1e-5)
+        assert_grads_close(g_c, g_o, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", [k for k, v in MODELS.items() if not v[3]])
@@ -216,13 +201,15 @@ def test_shortcut_block_is_fused_not_skipped():
     assert row["how"] == "fused" and "shortcut" in row["reason"]
     x = torch.randn(16, 16, 6, 6)
     for seed in (0, 1):
-        a, ga = _step(ref, x, seed)
-        b, gb = _step(blk, x, seed)
+        a, ga = train_step(ref, x, seed)
+        b, gb = train_step(blk, x, seed)
         assert torch.equal(a, b)
-        _assert_grads_close(gb, ga, rtol=1e-5, atol=1e-6)
+        assert_grads_close(gb, ga, rtol=1e-5, atol=1e-6)
 
 
-def test_free_standing_modules_are_swapped():
+def test_free_standing_modules_are_swapped_or_fused():
+    """``x + self.dp(...)`` is fused by the generic rewrite; a drop path with no add after it is swapped."""
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -236,16 +223,13 @@ def test_free_standing_modules_are_swapped():
     net = Net()
     ref = copy.deepcopy(net)
     sdkernels.convert(net, backend="reference")
-    assert isinstance(net.dp, sdkernels.nn.DropPath) and net.dp.backend == "reference"
+    assert type(net.dp) is TimmDropPath and "forward" in net.__dict__
     assert isinstance(net.sd, sdkernels.nn.StochasticDepth) and net.sd.mode == "batch"
     rows = {r["path"]: r for r in sdkernels.conversion_report(net)}
-    assert rows["dp"]["how"] == rows["sd"]["how"] == "module"
+    assert rows["dp"]["how"] == "fused" and rows["sd"]["how"] == "module"
+    assert rows["sd"]["reason"].startswith("no residual add")
     x = torch.randn(32, 4)
-    for seed in range(4):
-        torch.manual_seed(seed)
-        a = ref(x)
-        torch.manual_seed(seed)
-        assert torch.equal(net(x), a)
+    assert_same_forward(ref, net, x, range(4))
     net.dp.drop_prob = 0.5  # a schedule changed the rate: unconvert carries it back
     sdkernels.unconvert(net)
     assert type(net.dp) is TimmDropPath and net.dp.drop_prob == 0.5 and type(net.sd) is TvStochasticDepth
@@ -263,21 +247,21 @@ def test_subclass_overriding_forward_keeps_it():
     assert "forward" not in blk.__dict__
     assert isinstance(blk.drop_path1, sdkernels.nn.DropPath)
     (row1, row2) = sdkernels.conversion_report(blk)
-    assert row1["how"] == "module" and "overrides" in row1["reason"]
+    assert row1["how"] == "module" and "not called by name in MyBlock" in row1["reason"]
 
 
-def test_signature_mismatch_falls_back_to_module_swap(monkeypatch):
+def test_signature_mismatch_falls_back_to_the_generic_rewrite(monkeypatch):
     from timm.models.vision_transformer import Block
 
     assert sdkernels.conversion_report(torch.nn.Identity()) == []  # loads the block patterns on first use
     pat = core.PATTERNS[Block]
-    monkeypatch.setitem(core.PATTERNS, Block, core.Pattern(Block, pat.forward, ("self", "x"), pat.drop_paths))
+    monkeypatch.setitem(core.PATTERNS, Block, core.Pattern(Block, pat.forward, ("self", "x"), pat.drop_paths,
+                                                           fuses_norm=True))
     blk = Block(16, 2, drop_path=0.3)
     sdkernels.convert(blk)
-    assert "forward" not in blk.__dict__
+    assert isinstance(blk.__dict__["forward"], conversion.generic.RewrittenMethod)
     rows = sdkernels.conversion_report(blk)
-    assert [r["how"] for r in rows] == ["module", "module"]
-    assert "the pattern was written for (self, x)" in rows[0]["reason"]
+    assert [r["how"] for r in rows] == ["fused", "fused"]
 
 
 def test_bad_arguments():
@@ -377,7 +361,7 @@ def test_jit_script_names_unconvert():
 def test_deepcopy_and_pickle_stay_converted():
     model, x = _build("timm-deit3_small")
     sdkernels.convert(model, skip=True)
-    for clone in (copy.deepcopy(model), _pickled(model)):
+    for clone in (copy.deepcopy(model), pickled(model)):
         f = clone.blocks[2].__dict__["forward"]
         assert isinstance(f, conversion.PatchedForward) and f.block is clone.blocks[2]
         assert f.settings == model.blocks[2].forward.settings
@@ -389,29 +373,27 @@ def test_deepcopy_and_pickle_stay_converted():
         assert torch.equal(clone(x), a)
 
 
-def _pickled(model):
-    buf = io.BytesIO()
-    torch.save(model, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
-
-
 def _two_block_vit(**kw):
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10,
                              drop_path_rate=0.5, init_values=1e-2, **kw)
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_checkpointing_same_gradients(skip):
-    model = sdkernels.convert(_two_block_vit(), skip=skip)
+# fuse_norm=False: no hand-written block does more than the generic rewrite, which converts the model
+CONVERSIONS = {"fused": dict(), "skip": dict(skip=True), "generic": dict(fuse_norm=False)}
+
+
+@pytest.mark.parametrize("kind", list(CONVERSIONS))
+def test_checkpointing_same_gradients(kind):
+    model = sdkernels.convert(_two_block_vit(), **CONVERSIONS[kind])
+    assert isinstance(model.blocks[-1].forward, conversion.generic.RewrittenMethod) == (kind == "generic")
     x = torch.randn(8, 3, 32, 32)
     model.train()
-    out_a, g_a = _step(model, x, 5)
+    out_a, g_a = train_step(model, x, 5)
     model.set_grad_checkpointing(True)
-    out_b, g_b = _step(model, x, 5)
+    out_b, g_b = train_step(model, x, 5)
     assert torch.equal(out_a, out_b)
-    _assert_grads_close(g_b, g_a, rtol=0, atol=0)
+    assert_grads_close(g_b, g_a, rtol=0, atol=0)
 
     class Ckpt(nn.Module):
         def __init__(self, blk):
@@ -423,20 +405,21 @@ def test_checkpointing_same_gradients(skip):
 
     model.set_grad_checkpointing(False)
     model.blocks = nn.Sequential(*[Ckpt(b) for b in model.blocks])
-    out_c, g_c = _step(model, x, 5)
+    out_c, g_c = train_step(model, x, 5)
     assert torch.equal(out_a, out_c)
-    _assert_grads_close({k.replace(".blk", ""): v for k, v in g_c.items()}, g_a, rtol=0, atol=0)
+    assert_grads_close({k.replace(".blk", ""): v for k, v in g_c.items()}, g_a, rtol=0, atol=0)
 
 
-def test_compile_fullgraph_no_graph_break():
-    model = sdkernels.convert(_two_block_vit())
+@pytest.mark.parametrize("kind", ["fused", "generic"])
+def test_compile_fullgraph_no_graph_break(kind):
+    model = sdkernels.convert(_two_block_vit(), **CONVERSIONS[kind])
     x = torch.randn(8, 3, 32, 32)
     model.train()
-    expect, g_expect = _step(model, x, 6)
+    expect, g_expect = train_step(model, x, 6)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    got, g_got = _step(compiled, x, 6)
+    got, g_got = train_step(compiled, x, 6)
     torch.testing.assert_close(got, expect)  # on CPU compiled and eager draws match
-    _assert_grads_close({k.replace("_orig_mod.", ""): v for k, v in g_got.items()}, g_expect, rtol=1e-5, atol=1e-6)
+    assert_grads_close({k.replace("_orig_mod.", ""): v for k, v in g_got.items()}, g_expect, rtol=1e-5, atol=1e-6)
 
 
 def test_fx_feature_extraction_on_converted_models():
@@ -501,16 +484,16 @@ def test_other_block_classes(name):
     blk = make()
     ref = copy.deepcopy(blk)
     sdkernels.convert(blk, skip=True)
-    (row,) = sdkernels.conversion_report(blk)
+    rows = sdkernels.conversion_report(blk)  # one row per drop-path module
     batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in blk.modules())
-    assert row["how"] == ("fused" if batchnorm else "skip") and row["p"] == pytest.approx(0.4)
+    assert rows and all(r["how"] == ("fused" if batchnorm else "skip") and r["p"] == pytest.approx(0.4) for r in rows)
     sdkernels.convert(blk)  # fused: exact
     x = torch.randn(shape)
     for seed in (0, 1):
-        a, ga = _step(ref, x, seed)
-        b, gb = _step(blk, x, seed)
+        a, ga = train_step(ref, x, seed)
+        b, gb = train_step(blk, x, seed)
         assert torch.equal(a, b), name
-        _assert_grads_close(gb, ga, rtol=1e-5, atol=1e-6)
+        assert_grads_close(gb, ga, rtol=1e-5, atol=1e-6)
 
 
 def test_autocast_mixed_dtypes_follow_the_op_rule():

@@ -1,4 +1,4 @@
-"""Triton kernels of the add + norm ops (issue 14) and their launchers.
+"""Triton kernels of the add + norm ops and their launchers.
 
 ``x = residual + (branch * gamma[h]) * m[s]`` (kept samples; ``x = residual`` and the
 branch unread for dropped ones), then ``h = norm(x as stored) * weight + bias`` over the

@@ -62,7 +62,7 @@ __all__ = [
 # Launch heuristics (no autotuning: one config, fine for the interpreter, CUDA graphs and
 # torch.compile).  These numbers are first guesses from the usual elementwise-kernel shapes
 # (>= 16 bytes per thread per tensor for 128-bit accesses, a few KB per program) and await
-# GPU measurement (benchmarks, issue 4).
+# GPU measurement (python -m benchmarks.triton_sweep).
 # Rows at least this long take the row kernel; shorter ones the tile kernel.
 ROW_KERNEL_MIN_INNER = 1024
 _TILE = 4096  # elements per program of the tile kernel (ROWS * COLS)

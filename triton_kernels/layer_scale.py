@@ -1,4 +1,4 @@
-"""Triton kernels of the LayerScale ops (issue 13) and their launchers.
+"""Triton kernels of the LayerScale ops and their launchers.
 
 The ops (``csrc/ops.cpp``, spec in ``sdkernels/reference.py``)::
 

@@ -150,10 +150,12 @@ struct AddNormBackward : public torch::autograd::Node {
       }
       return out;
     }
-    auto [g_res, g_branch, g_w, g_b, g_g] = call_add_norm_backward(
-        opt(gx), gh, x, mean, rstd, scale, opt(weight), opt(gamma), want_g ? opt(branch) : std::nullopt, dim, alpha,
-        rms, r_dtype, b_dtype, want_w ? std::optional<at::ScalarType>(weight.scalar_type()) : std::nullopt,
-        want_b ? std::optional<at::ScalarType>(bias.scalar_type()) : std::nullopt);
+    auto [g_res, g_branch, g_w, g_b, g_g] = call_in_backward([&] {
+      return call_add_norm_backward(
+          opt(gx), gh, x, mean, rstd, scale, opt(weight), opt(gamma), want_g ? opt(branch) : std::nullopt, dim, alpha,
+          rms, r_dtype, b_dtype, want_w ? std::optional<at::ScalarType>(weight.scalar_type()) : std::nullopt,
+          want_b ? std::optional<at::ScalarType>(bias.scalar_type()) : std::nullopt);
+    });
     if (want_r) out[kResidual] = std::move(g_res);
     if (want_br) out[kBranch] = std::move(g_branch);
     if (want_w) out[kWeight] = std::move(g_w);

@@ -32,5 +32,17 @@ bool any_needs_graph(const Ts&... ts) {
   return (needs_graph(ts) || ...);
 }
 
+// Runs an op call of a backward.  A first-order backward (grad mode off) calls
+// straight into the backend kernel, past the op's Autograd kernel: one dispatch
+// instead of two (for add_norm_backward, past the boxed not-implemented
+// fallback).  With create_graph the call records its own node, so double
+// backward works.
+template <typename F>
+decltype(auto) call_in_backward(F&& f) {
+  if (at::GradMode::is_enabled()) return f();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return f();
+}
+
 }  // namespace autograd
 }  // namespace sdkernels

@@ -51,9 +51,11 @@ class SampleScaleFn : public torch::autograd::Function<SampleScaleFn> {
     const at::Tensor scale = ctx->get_saved_variables()[0];
     at::Tensor gx;
     if (ctx->needs_input_grad(0) && grads[0].defined()) {
-      gx = call_sample_scale(grads[0], scale, ctx->saved_data["dim"].toInt(),
-                             ctx->saved_data["alpha"].toDouble(),
-                             static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+      gx = call_in_backward([&] {
+        return call_sample_scale(grads[0], scale, ctx->saved_data["dim"].toInt(),
+                                 ctx->saved_data["alpha"].toDouble(),
+                                 static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+      });
     }
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -87,9 +89,10 @@ class ResidualAddFn : public torch::autograd::Function<ResidualAddFn> {
     }
     if (ctx->needs_input_grad(1)) {
       const at::Tensor scale = ctx->get_saved_variables()[0];
-      gb = call_sample_scale(g, scale, ctx->saved_data["dim"].toInt(),
-                             ctx->saved_data["alpha"].toDouble(),
-                             static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt()));
+      gb = call_in_backward([&] {
+        return call_sample_scale(g, scale, ctx->saved_data["dim"].toInt(), ctx->saved_data["alpha"].toDouble(),
+                                 static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt()));
+      });
     }
     return {gr, gb, at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -66,11 +66,12 @@ std::pair<at::Tensor, at::Tensor> ls_branch_gamma_grads(AutogradContext* ctx, co
   const double alpha = ctx->saved_data["alpha"].toDouble();
   at::Tensor gb, gg;
   if (need_g) {
-    std::tie(gb, gg) = call_layer_scale_grads(g, saved[2], saved[0], saved[1], dim, cdim, alpha);
+    std::tie(gb, gg) =
+        call_in_backward([&] { return call_layer_scale_grads(g, saved[2], saved[0], saved[1], dim, cdim, alpha); });
     if (!need_b) gb = at::Tensor();
   } else if (need_b) {
-    gb = call_sample_scale_ls(g, saved[0], saved[1], dim, cdim, alpha,
-                              static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt()));
+    const auto bdt = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
+    gb = call_in_backward([&] { return call_sample_scale_ls(g, saved[0], saved[1], dim, cdim, alpha, bdt); });
   }
   return {gb, gg};
 }

@@ -57,9 +57,10 @@ class ScaledIndexAddFn : public torch::autograd::Function<ScaledIndexAddFn> {
     }
     if (ctx->needs_input_grad(1)) {
       const at::Tensor index = ctx->get_saved_variables()[0];
-      gs = call_index_scale(g, index, ctx->saved_data["dim"].toInt(),
-                            ctx->saved_data["alpha"].toDouble(),
-                            static_cast<at::ScalarType>(ctx->saved_data["s_dtype"].toInt()));
+      gs = call_in_backward([&] {
+        return call_index_scale(g, index, ctx->saved_data["dim"].toInt(), ctx->saved_data["alpha"].toDouble(),
+                                static_cast<at::ScalarType>(ctx->saved_data["s_dtype"].toInt()));
+      });
     }
     return {gr, gs, at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -101,8 +102,10 @@ class IndexScaleFn : public torch::autograd::Function<IndexScaleFn> {
       std::vector<c10::SymInt> sizes = g.sym_sizes().vec();
       sizes[ctx->saved_data["wrapped_dim"].toInt()] = ctx->saved_data["x_n"].toSymInt();
       const at::Tensor zeros = at::empty_symint(sizes, g.options().dtype(xdt), fmt).zero_();
-      gx = call_scaled_index_add(zeros, g, index, ctx->saved_data["dim"].toInt(),
-                                 ctx->saved_data["alpha"].toDouble());
+      gx = call_in_backward([&] {
+        return call_scaled_index_add(zeros, g, index, ctx->saved_data["dim"].toInt(),
+                                     ctx->saved_data["alpha"].toDouble());
+      });
       if (gx.scalar_type() != xdt) gx = gx.to(xdt);
     }
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -25,12 +25,14 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from .. import _fx, checks, functional, nn as sdk_nn
 from ..functional import drop_path_add_norm, drop_path_residual
 
-__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "residual_site", "has_batchnorm",
-           "run_sequence", "norm_of", "residual_norm_site"]
+__all__ = ["Pattern", "Settings", "Rate", "register", "pattern_for", "rate_of", "active_draw", "residual_site",
+           "has_batchnorm", "run_sequence", "norm_of", "residual_norm_site", "is_drop_path_module",
+           "looks_like_drop_path", "is_hf_drop_path", "has_forward_hooks"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Rate:
     scale_by_keep: bool
     mode: str
     training: bool
+    draw: str = "timm"  # "timm" (timm, torchvision, sdkernels) or "hf" (Hugging Face transformers' drop paths)
 
     @property
     def active(self) -> bool:
@@ -67,7 +70,11 @@ class Pattern:
     * ``params``: the parameter names of ``cls.forward`` the replacement was written for;
     * ``drop_paths``: the attribute names holding the block's drop-path modules;
     * ``check``: ``check(block) -> reason or None``: why this instance cannot be patched;
-    * ``no_skip``: ``no_skip(block) -> reason or None``: why its branches must see every sample.
+    * ``no_skip``: ``no_skip(block) -> reason or None``: why its branches must see every sample;
+    * ``fuses_norm``: the replacement fuses the first add with ``norm2`` (``convert(fuse_norm=True)``).
+
+    The generic rewrite fuses every block's adds; a pattern is used only where it does more: the skip
+    path (``convert(skip=True)``) or the add + norm fusion.
     """
 
     cls: type
@@ -76,6 +83,7 @@ class Pattern:
     drop_paths: Tuple[str, ...]
     check: Optional[Callable[[nn.Module], Optional[str]]] = None
     no_skip: Optional[Callable[[nn.Module], Optional[str]]] = None
+    fuses_norm: bool = False
 
     @property
     def name(self) -> str:
@@ -153,13 +161,41 @@ def tv_stochastic_depth_types() -> tuple:
 
 
 def foreign_drop_path_types() -> tuple:
-    """The drop-path module classes of timm and torchvision installed here."""
+    """The drop-path module classes of timm and torchvision installed here (the ones convert can swap)."""
     return _timm_drop_path_types() + tv_stochastic_depth_types()
 
 
+_HF_KINDS: Dict[type, bool] = {}  # class -> its forward is Hugging Face's drop path (checked once per class)
+
+
+def is_hf_drop_path(m) -> bool:
+    """A Hugging Face transformers drop-path module: a ``*DropPath`` class of ``transformers.models`` whose
+    forward draws ``floor(keep + rand)`` and returns ``x.div(keep) * mask`` (checked on its source once)."""
+    cls = type(m)
+    known = _HF_KINDS.get(cls)
+    if known is None:
+        known = False
+        if cls.__module__.startswith("transformers.") and cls.__name__.endswith("DropPath"):
+            try:
+                src = inspect.getsource(cls)
+                fn = inspect.getmodule(cls).__dict__.get("drop_path")
+                if "torch.rand(" not in src and callable(fn):
+                    src += inspect.getsource(fn)
+            except (OSError, TypeError):
+                src = ""
+            known = all(t in src for t in ("torch.rand(", "floor", ".div(keep_prob)", "drop_prob"))
+        _HF_KINDS[cls] = known
+    return known
+
+
 def is_drop_path_module(m) -> bool:
-    """A drop-path module sdkernels understands: timm's, torchvision's or its own."""
-    return isinstance(m, (sdk_nn.DropPath, sdk_nn.StochasticDepth) + foreign_drop_path_types())
+    """A drop-path module sdkernels knows how to fuse: timm's, torchvision's, Hugging Face's or its own."""
+    return isinstance(m, (sdk_nn.DropPath, sdk_nn.StochasticDepth) + foreign_drop_path_types()) or is_hf_drop_path(m)
+
+
+def looks_like_drop_path(m) -> bool:
+    """Any module convert reports: a known drop path, or any class whose name ends in ``DropPath``."""
+    return is_drop_path_module(m) or type(m).__name__.endswith("DropPath")
 
 
 def rate_of(m) -> Optional[Rate]:
@@ -170,7 +206,39 @@ def rate_of(m) -> Optional[Rate]:
         return Rate(float(m.p), True, m.mode, m.training)
     if isinstance(m, (sdk_nn.DropPath,) + _timm_drop_path_types()):
         return Rate(float(m.drop_prob), bool(m.scale_by_keep), "row", m.training)
+    if is_hf_drop_path(m):
+        return Rate(float(m.drop_prob), True, "row", m.training, "hf")
     raise TypeError(f"not a drop-path module: {type(m).__name__}")
+
+
+_KINDS: Dict[type, Optional[str]] = {}  # class -> "timm" / "tv" / "hf" (how its rate reads), None: not a drop path
+
+
+def _kind(cls: type, m) -> Optional[str]:
+    kind = _KINDS.get(cls, False)
+    if kind is False:
+        if issubclass(cls, (sdk_nn.StochasticDepth,) + tv_stochastic_depth_types()):
+            kind = "tv"
+        elif issubclass(cls, (sdk_nn.DropPath,) + _timm_drop_path_types()):
+            kind = "timm"
+        else:
+            kind = "hf" if is_hf_drop_path(m) else None
+        _KINDS[cls] = kind
+    return kind
+
+
+def active_draw(m) -> Optional[Tuple[float, bool, str, str]]:
+    """``(p, scale_by_keep, mode, draw)`` of ``m`` when it is a drop-path module convert can fuse, in training
+    with p > 0 and no forward hooks (a fused op never calls the module, so its hooks would not run); None
+    otherwise.  The per-call check of every fused site (a class lookup, no allocation)."""
+    kind = _kind(type(m), m)
+    if kind is None or not m.training or has_forward_hooks(m):
+        return None
+    if kind == "tv":
+        return (float(m.p), True, m.mode, "timm") if m.p > 0 else None
+    if kind == "timm":
+        return (float(m.drop_prob), bool(m.scale_by_keep), "row", "timm") if m.drop_prob > 0 else None
+    return (float(m.drop_prob), True, "row", "hf") if m.drop_prob > 0 else None
 
 
 def check_drop_paths(block: nn.Module, names) -> Optional[str]:
@@ -242,11 +310,10 @@ def residual_site(
 INDUCTOR_NORM_ROWS = 1024
 
 
-def _has_forward_hooks(m: nn.Module) -> bool:
-    from torch.nn.modules import module as _mod
-
-    return bool(m._forward_hooks or m._forward_pre_hooks or _mod._global_forward_hooks
-                or _mod._global_forward_pre_hooks)
+def has_forward_hooks(m: nn.Module) -> bool:
+    """Whether a forward (pre-)hook would run when ``m`` is called (its own or a global one)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks)
 
 
 def norm_of(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[str, Optional[torch.Tensor], Optional[torch.Tensor],
@@ -266,7 +333,7 @@ def norm_of(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[str, Optional[to
         kind = "rms"
     if kind is None or tuple(norm.normalized_shape) != (x.shape[-1],):
         return None
-    if _has_forward_hooks(norm):  # the fused op never calls the module: its hooks (observers, TP plans) would not run
+    if has_forward_hooks(norm):  # the fused op never calls the module: its hooks (observers, TP plans) would not run
         return None
     return kind, norm.weight, getattr(norm, "bias", None), float(norm.eps)
 

@@ -86,7 +86,7 @@ try:
 except Exception:  # noqa: BLE001
     pass
 else:
-    register(Pattern(_TIMM_V1, timm_swin_forward, ("self", "x"), _DROP_PATHS, _check(_DROP_PATHS)))
+    register(Pattern(_TIMM_V1, timm_swin_forward, ("self", "x"), _DROP_PATHS, _check(_DROP_PATHS), fuses_norm=True))
     register(Pattern(_TIMM_V2, timm_swin_v2_forward, ("self", "x"), _DROP_PATHS, _check(_DROP_PATHS)))
 
 try:
@@ -97,4 +97,4 @@ except Exception:  # noqa: BLE001
 else:
     for _cls in (_TV_V1, _TV_V2):
         register(Pattern(_cls, tv_swin_forward, ("self", "x"), ("stochastic_depth",),
-                         _check(("stochastic_depth",))))
+                         _check(("stochastic_depth",)), fuses_norm=_cls is _TV_V1))

@@ -88,6 +88,7 @@ try:
 except Exception:  # noqa: BLE001 - timm missing: nothing to register
     pass
 else:
-    register(Pattern(_BLOCK, vit_block_forward, ("self", "x", "attn_mask", "is_causal"), _DROP_PATHS, _check_vit))
+    register(Pattern(_BLOCK, vit_block_forward, ("self", "x", "attn_mask", "is_causal"), _DROP_PATHS, _check_vit,
+                     fuses_norm=True))
     register(Pattern(_EVA, eva_block_forward, ("self", "x", "rope", "attn_mask", "is_causal"), _DROP_PATHS,
-                     _check_vit))
+                     _check_vit, fuses_norm=True))
