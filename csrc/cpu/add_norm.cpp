@@ -255,10 +255,16 @@ SDK_TARGET_AVX2 void fwd_rows_avx2(const FwdArgs<A>& a, int64_t r0, int64_t r1, 
   fwd_rows_impl(a, r0, r1, xa);
 }
 
+// t in the math dtype, contiguous: t itself when it already is (no dispatch for the common case).
+at::Tensor acc_contiguous(const at::Tensor& t, at::ScalarType acc) {
+  if (t.scalar_type() == acc && t.is_contiguous()) return t;
+  return t.to(acc).contiguous();
+}
+
 // The parameter vectors in the math dtype (ones / zeros when absent): H values, once per call.
 at::Tensor param_acc(const at::Tensor& p, int64_t H, at::ScalarType acc, double fill) {
   if (!p.defined()) return at::full({H}, fill, at::TensorOptions().dtype(acc));
-  return p.to(acc).contiguous();
+  return acc_contiguous(p, acc);
 }
 
 template <typename A>
@@ -270,7 +276,7 @@ void add_norm_fwd(const AddNormPlan& P, double alpha, double eps) {
   multipliers<A>(P.scale, alpha, m, kept);
   const at::Tensor w = param_acc(P.weight, H, acc, 1.0);
   const at::Tensor b = param_acc(P.bias, H, acc, 0.0);
-  const at::Tensor g = P.gamma.defined() ? P.gamma.to(acc).contiguous() : at::Tensor();
+  const at::Tensor g = P.gamma.defined() ? acc_contiguous(P.gamma, acc) : at::Tensor();
   FwdArgs<A> a{};
   a.r = P.residual.const_data_ptr();
   a.b = P.branch.const_data_ptr();
@@ -511,7 +517,7 @@ void add_norm_bwd(AddNormBackwardPlan& P, double alpha) {
   c10::SmallVector<char, 64> kept;
   multipliers<A>(P.scale, alpha, m, kept);
   const at::Tensor w = param_acc(P.weight, H, acc, 1.0);
-  const at::Tensor g = P.gamma.defined() ? P.gamma.to(acc).contiguous() : at::Tensor();
+  const at::Tensor g = P.gamma.defined() ? acc_contiguous(P.gamma, acc) : at::Tensor();
   const int64_t rpc = rows_per_chunk(rows, H);
   const int64_t chunks = rows == 0 ? 0 : index::ceil_div(rows, rpc);
   auto partial = [&](const at::Tensor& out) {
