@@ -5,14 +5,29 @@ is a CUDA build and nvcc is found (``FORCE_CUDA=1`` insists and fails loudly
 otherwise; ``SDKERNELS_NO_CUDA=1`` skips them).  A build box needs no GPU:
 ``TORCH_CUDA_ARCH_LIST`` defaults to ``8.0;9.0`` when none is visible.
 
-Install with ``pip install --no-build-isolation -e .`` so the extension is
-compiled against the torch already installed.
+Install with ``pip install --no-build-isolation .`` (``-e .`` for development) so the
+extension is compiled against the torch already installed: the build needs that
+torch, which is why pyproject.toml's build requirements do not name it (an
+isolated build would compile against a torch of its own choosing).
+
+``SDKERNELS_BUILD_EXT=0`` builds the pure-Python package: no compiler, no torch at
+build time, seconds; it runs the reference backend (and Triton where it imports).
+The metadata (name, version, dependencies) lives in pyproject.toml.
 """
 import glob
 import os
 import shutil
+import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD_EXT = os.environ.get("SDKERNELS_BUILD_EXT", "1") != "0"
+# Every subpackage of sdkernels/, and triton_kernels/ installed as sdkernels.triton_kernels (a source tree
+# may hold a link sdkernels/triton_kernels -> ../triton_kernels: it is not a package of its own).
+PACKAGES = find_packages(include=["sdkernels", "sdkernels.*"], exclude=["sdkernels.triton_kernels*"])
+PACKAGE_DIR = {"sdkernels.triton_kernels": "triton_kernels"}
+PACKAGES.append("sdkernels.triton_kernels")
 
 
 def _find_cuda_home():
@@ -33,29 +48,14 @@ def _find_cuda_home():
     return root if os.path.isdir(os.path.join(root, "include")) else None
 
 
-_cuda_home = _find_cuda_home()
-if _cuda_home is not None:
-    # Must be set before torch.utils.cpp_extension is imported: it reads it once.
-    os.environ["CUDA_HOME"] = _cuda_home
-
-import torch  # noqa: E402
-from torch.utils.cpp_extension import (  # noqa: E402
-    BuildExtension,
-    CppExtension,
-    CUDAExtension,
-)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _want_cuda():
+def _want_cuda(torch, cuda_home):
     if os.environ.get("SDKERNELS_NO_CUDA", "0") == "1":
         return False
     force = os.environ.get("FORCE_CUDA", "0") == "1"
     reasons = []
     if torch.version.cuda is None:
         reasons.append("torch is not a CUDA build")
-    if _cuda_home is None:
+    if cuda_home is None:
         reasons.append("nvcc was not found (set CUDA_HOME)")
     if reasons:
         if force:
@@ -65,7 +65,42 @@ def _want_cuda():
     return True
 
 
-def _extensions():
+def _extension_args():
+    """setup()'s arguments for the compiled extension, built against the torch in this environment."""
+    cuda_home = _find_cuda_home()
+    if cuda_home is not None:
+        # Must be set before torch.utils.cpp_extension is imported: it reads it once.
+        os.environ["CUDA_HOME"] = cuda_home
+    try:
+        import torch
+    except ImportError:
+        sys.exit(
+            "sdkernels: building the compiled extension needs torch in the build environment, and it must be the "
+            "torch the package will run with.  Install torch first, then build without pip's isolated "
+            "environment:\n    pip install --no-build-isolation .\n"
+            "or install the pure-Python package (no compiler; reference and Triton backends):\n"
+            "    SDKERNELS_BUILD_EXT=0 pip install ."
+        )
+    from torch.utils import cpp_extension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    # The extension uses no pybind11 and no libtorch_python (its ops register with the dispatcher; its module
+    # init is plain C API): one abi3 wheel serves every CPython the torch supports.  torch compiles it with
+    # Py_LIMITED_API set to its oldest CPython (min_supported_cpython), which names the wheel's tag.
+    # torch < 2.6 has no such switch.
+    # Only for builds without the CUDA kernels for now: the abi3 CUDA build has not been verified yet.
+    limited_api = (tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 6)
+                   and not _want_cuda(torch, cuda_home))
+    oldest = int(getattr(cpp_extension, "min_supported_cpython", "0x03090000"), 16)
+    abi3_tag = f"cp{oldest >> 24}{(oldest >> 16) & 0xFF}"
+    return {
+        "ext_modules": _extensions(torch, cuda_home, CppExtension, CUDAExtension, limited_api),
+        "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)},
+        "options": {"bdist_wheel": {"py_limited_api": abi3_tag}} if limited_api else {},
+    }
+
+
+def _extensions(torch, cuda_home, CppExtension, CUDAExtension, limited_api):
     # csrc/ops.cpp (the module), csrc/ops/ (schemas), csrc/autograd/, csrc/composite/ (the eager fast
     # path's draw + op), csrc/cpu/ (kernels) and csrc/testing/ (test-only hooks, their own op namespace).
     cpp_sources = sorted(
@@ -82,7 +117,7 @@ def _extensions():
     cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
     link_flags = ["-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc")]
-    if _want_cuda():
+    if _want_cuda(torch, cuda_home):
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             # No GPU to query: build for A100 (sm_80) and H100/H200 (sm_90).
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
@@ -93,6 +128,7 @@ def _extensions():
                 cpp_sources + cu_sources,
                 include_dirs=include_dirs,
                 define_macros=[("SDKERNELS_WITH_CUDA", "1")],
+                py_limited_api=limited_api,
                 extra_link_args=link_flags,
                 extra_compile_args={
                     "cxx": cxx_flags,
@@ -105,25 +141,11 @@ def _extensions():
             "sdkernels._C",
             cpp_sources,
             include_dirs=include_dirs,
+            py_limited_api=limited_api,
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
         )
     ]
 
 
-setup(
-    name="sdkernels",
-    version="0.1.0",
-    description="Fused stochastic depth (DropPath) kernels for PyTorch",
-    packages=["sdkernels", "sdkernels.conversion", "sdkernels.triton_kernels"],
-    package_dir={"sdkernels": "sdkernels", "sdkernels.triton_kernels": "triton_kernels"},
-    ext_modules=_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.6", "numpy"],
-    extras_require={
-        "triton": ["triton"],
-        "test": ["pytest", "expecttest"],
-        "bench": ["matplotlib", "tqdm"],
-    },
-)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, **(_extension_args() if BUILD_EXT else {}))

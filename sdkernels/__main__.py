@@ -4,12 +4,13 @@ import sys
 import torch
 
 import sdkernels
-from sdkernels import reference
+from sdkernels import _ext, reference
 from sdkernels.functional import CORE, LAYER_SCALE
 
 
 def main() -> int:
     print(f"sdkernels {sdkernels.__version__}, torch {torch.__version__}")
+    print("extension:", _ext.status())
     print("available backends:", ", ".join(sdkernels.available_backends()))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ok = True
