@@ -278,6 +278,10 @@ def main(argv=None) -> int:
     head = report.headline(rows)
     with open(stem + ".txt", "w") as f:
         f.write(table + "\n\nheadline:\n" + head + f"\n\nwall time {elapsed:.1f} s\n")
+        if "host" in suites:
+            from . import host
+
+            f.write("\n" + host.format_rows(rows) + "\n")
     print(table)
     if "models" in suites:
         print("\n" + models.format_rows(rows))
