@@ -207,8 +207,9 @@ def drop_path_add(
             pass
     if (type(residual) in _PLAIN and type(branch) in _PLAIN and layer_scale is None and generator is None
             and backend == "auto" and draw == "timm" and type(p) is float and 0.0 <= p <= 1.0
-            and (mode == "row" or mode == "batch") and type(sample_dim) is int and residual.dtype in FLOAT_DTYPES and branch.dtype in FLOAT_DTYPES
-            and -residual.dim() <= sample_dim < residual.dim() and residual.shape == branch.shape
+            and (mode == "row" or mode == "batch") and type(sample_dim) is int and residual.dtype in FLOAT_DTYPES
+            and branch.dtype in FLOAT_DTYPES and -residual.dim() <= sample_dim < residual.dim()
+            and residual.shape == branch.shape
             and residual.device == branch.device):
         if not training or p == 0.0:
             return residual + branch
@@ -340,7 +341,8 @@ def drop_path_add_norm(
     ``x`` is exactly :func:`sdkernels.drop_path_add` (same draws under one seed, same
     dtype rule, same bits, unless an fp64 weight, bias or ``out_dtype`` with narrower
     activations raises the math to fp64, when x is computed in fp64 and rounded once;
-    with ``layer_scale`` each multiply and the add are rounded separately in fp32, as eager ``x + drop_path(branch * gamma)`` computes them in fp32).
+    with ``layer_scale`` each multiply and the add are rounded separately in fp32, as eager
+    ``x + drop_path(branch * gamma)`` computes them in fp32).
     ``h`` is the norm of ``x`` *as stored* (after its rounding to x's dtype), statistics in
     fp32 (fp64 for fp64 inputs), rounded once: exactly the norm of the residual the next
     block reads.

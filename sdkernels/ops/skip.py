@@ -85,7 +85,8 @@ def _fake_checks(residual, src, index, sample_dim):
     dim = sample_dim % nd
     for d in range(nd):
         if d != dim:
-            torch._check(src.shape[d] == residual.shape[d], lambda: "sdkernels: src must match residual's shape except along sample_dim")
+            torch._check(src.shape[d] == residual.shape[d],
+                         lambda: "sdkernels: src must match residual's shape except along sample_dim")
     torch._check(index.dim() == 1, lambda: "sdkernels: index must be 1-D")
     torch._check(src.shape[dim] == index.shape[0], lambda: "sdkernels: src must have index.numel() samples")
 
