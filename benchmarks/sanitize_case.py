@@ -10,7 +10,10 @@ checked against ``sdkernels.reference`` with the same seeded draw; the
 LayerScale ops (``layer_scale=gamma``, every row-view kind, few
 rows with many channels), output and the three gradients; then the
 add + norm op on short, long (streaming / loop-path) and unaligned
-rows, LayerNorm and RMSNorm with LayerScale, all five gradients.  With the
+rows, LayerNorm and RMSNorm with LayerScale, all five gradients; and the eager fast
+paths (one C++ call that draws and applies: ``drop_path_add``, ``drop_path``,
+LayerScale, add + norm with ``backend="auto"``), bit for bit against the full
+path under one seed.  With the
 caching allocator off (the variable above), an out-of-bounds access lands
 outside its allocation, where memcheck sees it.  Exit status 1 on a mismatch.
 """
@@ -90,7 +93,46 @@ def run(device: str, backends) -> int:
     n_ls, bad_ls = run_layer_scale(device, backends)
     n += n_ls
     bad += bad_ls
-    return _report(n, bad, "cases", device, backends)
+    n_fp, bad_fp = run_fast_paths(device)
+    return _report(n + n_fp, bad + bad_fp, "cases", device, backends)
+
+
+def run_fast_paths(device: str):
+    """The eager fast paths (draw + op in one C++ call) against the full path (an explicit backend), same seed:
+    outputs and gradients equal bit for bit.  ``(cases, mismatches)``."""
+    import sdkernels
+
+    full = "cuda" if device == "cuda" else "cpu"
+    if full not in sdkernels.available_backends():
+        return 0, 0
+    n = bad = 0
+    for shape, sd, cl in SHAPES[:3]:
+        for rd, bd in DTYPES[::2]:
+            g = torch.Generator(device="cpu").manual_seed(77 + n)
+            r = torch.randn(shape, generator=g).to(device=device, dtype=rd).requires_grad_()
+            b = torch.randn(shape, generator=g).to(device=device, dtype=bd).requires_grad_()
+            gamma = torch.randn(shape[-1], generator=g).to(device).requires_grad_()
+            w = torch.randn(shape[-1], generator=g).to(device).requires_grad_()
+            calls = [
+                lambda be: sdkernels.drop_path_add(r, b, 0.5, sample_dim=sd, backend=be),
+                lambda be: sdkernels.drop_path(b, 0.5, sample_dim=sd, backend=be),
+                lambda be: sdkernels.drop_path_add(r, b, 0.5, sample_dim=sd, layer_scale=gamma, backend=be),
+                lambda be: sdkernels.drop_path_add_norm(r, b, 0.5, w, None, 1e-5, sample_dim=sd, backend=be)[1],
+            ]
+            for k, call in enumerate(calls):
+                res = []
+                for be in ("auto", full):
+                    torch.manual_seed(1234 + n)
+                    out = call(be)
+                    go = torch.ones_like(out)
+                    res.append([out.detach()] + list(torch.autograd.grad(out, (r, b, gamma, w), go, allow_unused=True)))
+                for a, e in zip(*res):
+                    if (a is None) != (e is None) or (a is not None and not torch.equal(a, e)):
+                        bad += 1
+                        print(f"MISMATCH fast path #{k} shape={shape} sample_dim={sd} dtypes={rd},{bd}")
+                        break
+                n += 1
+    return n, bad
 
 
 def _report(n: int, bad: int, what: str, device: str, backends) -> int:
