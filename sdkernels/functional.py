@@ -45,16 +45,18 @@ if has_kernel("drop_path_add_norm_draw", "CompositeImplicitAutograd"):
 #: (on CPU, on CUDA): whether "auto" picks those C++ ops there (kept current by the tables' on_change), so
 #: the fast paths may call them.  Sizes aside: TRITON_MIN_NUMEL, when finite, is not applied to them (it
 #: only chooses the faster of two exact backends).
-_FAST_ADD = _FAST_ADD_LS = _FAST_SCALE = (False, False)
+_FAST_ADD = _FAST_ADD_LS = _FAST_SCALE = _FAST_ADD_NORM = (False, False)
 
 
 def _refresh_fast() -> None:
-    global _FAST_ADD, _FAST_ADD_LS, _FAST_SCALE
+    global _FAST_ADD, _FAST_ADD_LS, _FAST_SCALE, _FAST_ADD_NORM
     devs = ("cpu", "cuda")
     built = _ADD_DRAW is not None
     _FAST_ADD = tuple(built and CORE.auto(d).ops["residual_add"] is _CPP_ADD for d in devs)
     _FAST_SCALE = tuple(built and CORE.auto(d).ops["sample_scale"] is _CPP_SCALE for d in devs)
     _FAST_ADD_LS = tuple(built and LAYER_SCALE.auto(d).ops["residual_add_ls"] is _CPP_ADD_LS for d in devs)
+    _FAST_ADD_NORM = tuple(_ADD_NORM_DRAW is not None and ADD_NORM.auto(d).ops["add_norm"] is _CPP_ADD_NORM
+                           for d in devs)
 
 
 def _fast_on(t: torch.Tensor, flags) -> bool:
@@ -63,6 +65,7 @@ def _fast_on(t: torch.Tensor, flags) -> bool:
 
 CORE.on_change(_refresh_fast)
 LAYER_SCALE.on_change(_refresh_fast)
+ADD_NORM.on_change(_refresh_fast)
 _is_compiling = torch.compiler.is_compiling
 #: Warn (once per process) when count "fixed" realises a drop rate this far from p.
 REALISED_RATE_WARN = 0.1
@@ -197,7 +200,7 @@ def drop_path_add(
             and type(sample_dim) is int and rng.DATA_PARALLEL is None and not _is_compiling()):
         try:
             if layer_scale is None:
-                if (_FAST_ADD[0] if residual.is_cpu else (residual.is_cuda and _FAST_ADD[1])):
+                if _fast_on(residual, _FAST_ADD):
                     return _ADD_DRAW(residual, branch, p, sample_dim, mode == "batch", scale_by_keep)
             elif (type(layer_scale) in _PLAIN and layer_scale.dim() == 1 and type(channel_dim) is int
                   and _fast_on(residual, _FAST_ADD_LS)):
@@ -271,7 +274,7 @@ def drop_path(
     if (type(x) in _PLAIN and layer_scale is None and generator is None and backend == "auto" and draw == "timm"
             and training and type(p) is float and p > 0.0 and (mode == "row" or mode == "batch")
             and type(sample_dim) is int and rng.DATA_PARALLEL is None and not _is_compiling()
-            and (_FAST_SCALE[0] if x.is_cpu else (x.is_cuda and _FAST_SCALE[1]))):
+            and _fast_on(x, _FAST_SCALE)):
         try:  # fast path, as in drop_path_add
             return _SCALE_DRAW(x, p, sample_dim, mode == "batch", scale_by_keep)
         except RuntimeError:
@@ -385,19 +388,19 @@ def drop_path_add_norm(
             and out_dtype is None and training and type(p) is float and 0.0 < p <= 1.0
             and (mode == "row" or mode == "batch") and (norm == "layer" or norm == "rms") and type(eps) is float
             and 0.0 <= eps < math.inf and type(sample_dim) is int and residual.dim() >= 2
-            and -residual.dim() <= sample_dim < residual.dim() - 1 and residual.dtype in FLOAT_DTYPES
-            and branch.dtype in FLOAT_DTYPES and residual.shape == branch.shape and residual.device == branch.device
-            and (sample_dim >= 0 or sample_dim % residual.dim() != residual.dim() - 1)):
+            and -residual.dim() <= sample_dim < residual.dim() and sample_dim % residual.dim() != residual.dim() - 1
+            and residual.dtype in FLOAT_DTYPES and branch.dtype in FLOAT_DTYPES and residual.shape == branch.shape
+            and residual.device == branch.device):
         # Fast path (the full path's checks inline; anything else takes the full path, which names the
         # argument), drawing and applying as below.
-        be = ADD_NORM.auto(residual.device.type, residual.numel())
-        if (_CPP_ADD_NORM is not None and be.ops["add_norm"] is _CPP_ADD_NORM and rng.DATA_PARALLEL is None
-                and not _is_compiling()):  # the C++ op: one call draws and applies (csrc/composite/draw.cpp)
+        if _fast_on(residual, _FAST_ADD_NORM) and rng.DATA_PARALLEL is None and not _is_compiling():
+            # the C++ op: one call draws and applies (csrc/composite/draw.cpp)
             return _ADD_NORM_DRAW(residual, branch, p, weight, bias, sample_dim, mode == "batch", scale_by_keep, eps,
                                   norm == "rms")
         dim = sample_dim % residual.dim()
         ddt, acc = drop_dtypes(residual.dtype, branch.dtype)
         keep = rng.draw(branch, dim, p, mode, None, ddt)
+        be = ADD_NORM.auto(residual.device.type, residual.numel())
         out = be.ops["add_norm"](residual, branch, keep, weight, bias, None, dim, keep_scale(p, scale_by_keep, acc),
                                  eps, norm == "rms", None)
         return out[0], out[1]
