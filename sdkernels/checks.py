@@ -22,7 +22,7 @@ __all__ = [
     "check_module_args", "check_torchvision_args", "check_count", "check_norm", "check_eps",
     "check_norm_param", "check_out_dtype", "check_norm_input", "check_normalized_shape", "check_param_dtype",
     "op_float", "op_pair", "op_sample_dim", "op_channel_dim", "op_scale", "op_gamma", "op_out_dtype",
-    "op_norm_dims", "op_norm_param", "op_index", "op_same_device", "op_devices",
+    "op_norm_dims", "op_norm_param", "op_index", "op_devices",
 ]
 
 MODES = ("row", "batch")
@@ -231,11 +231,6 @@ def check_normalized_shape(normalized_shape) -> Tuple[int]:
 def op_float(t: torch.Tensor, name: str) -> None:
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"sdkernels: {name} must be a {FLOAT_NAMES} tensor, got {t.dtype}")
-
-
-def op_same_device(t: Optional[torch.Tensor], name: str, device: torch.device) -> None:
-    if t is not None and t.device != device:
-        raise ValueError(f"sdkernels: {name} is on {t.device} but the inputs are on {device}")
 
 
 def op_devices(*tensors) -> None:
